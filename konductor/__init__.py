@@ -1,0 +1,51 @@
+"""konductor: cluster-wide coordination primitives stored in the Kubernetes API.
+
+Semaphore, barrier, lease / leader election, gate, mutex, read-write mutex,
+once and wait group, kept as objects in the API server you already run: no
+operator, no extra infrastructure. Meant for job-level coordination (startup,
+batch work, long jobs), never for a per-request path.
+
+``import konductor`` imports no optional dependency and does not import the
+Kubernetes client until a Kubernetes store is first used.
+"""
+
+from konductor._errors import (
+    AlreadyExists,
+    ConfigurationError,
+    Conflict,
+    CRDNotInstalled,
+    Expired,
+    Forbidden,
+    Invalid,
+    InvalidArgument,
+    InvalidName,
+    KonductorError,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from konductor._names import validate_name
+from konductor._store._kubernetes import KubernetesStore
+from konductor._store._memory import MemoryStore
+
+__version__ = "0.1.0.dev0"
+
+__all__ = (
+    "AlreadyExists",
+    "CRDNotInstalled",
+    "ConfigurationError",
+    "Conflict",
+    "Expired",
+    "Forbidden",
+    "Invalid",
+    "InvalidArgument",
+    "InvalidName",
+    "KonductorError",
+    "KubernetesStore",
+    "MemoryStore",
+    "NotFound",
+    "StoreError",
+    "StoreUnavailable",
+    "__version__",
+    "validate_name",
+)

@@ -1,0 +1,116 @@
+"""The exception tree of konductor.
+
+Every error konductor raises derives from :class:`KonductorError`, so a caller
+can catch one class at the boundary. Transport errors (kubernetes_asyncio's
+``ApiException``, aiohttp's client errors, sqlite errors) never escape: they are
+translated into the classes below and chained with ``raise ... from``.
+
+Decisions are taken on the HTTP status and the ``reason`` of the Kubernetes
+``Status`` body, never on message text.
+
+::
+
+    KonductorError
+    ├── InvalidArgument (ValueError)      bad input, raised before any API call
+    │   └── InvalidName                   not a DNS-1123 subdomain
+    ├── ConfigurationError                no store could be configured
+    └── StoreError                        a store call failed
+        ├── NotFound                      the object does not exist
+        ├── CRDNotInstalled               the resource type itself is missing
+        ├── AlreadyExists                 create of an existing name
+        ├── Conflict                      stale version (compare-and-swap lost)
+        ├── Forbidden (PermissionError)   RBAC denied the call
+        ├── Invalid                       the server rejected the object (422)
+        ├── Expired                       a watch version was compacted (410)
+        └── StoreUnavailable              network / 5xx / 429: retryable
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExists",
+    "CRDNotInstalled",
+    "ConfigurationError",
+    "Conflict",
+    "Expired",
+    "Forbidden",
+    "Invalid",
+    "InvalidArgument",
+    "InvalidName",
+    "KonductorError",
+    "NotFound",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+
+class KonductorError(Exception):
+    """Root of every error raised by konductor."""
+
+
+class InvalidArgument(KonductorError, ValueError):
+    """An argument is out of range or malformed; raised before any API call."""
+
+
+class InvalidName(InvalidArgument):
+    """A primitive name is not a valid Kubernetes object name (DNS-1123 subdomain)."""
+
+
+class ConfigurationError(KonductorError):
+    """konductor could not work out which store, namespace or identity to use."""
+
+
+class StoreError(KonductorError):
+    """A call to the coordination store failed.
+
+    ``status`` is the HTTP status where the store is the Kubernetes API (``None``
+    otherwise) and ``reason`` the ``Status`` body's machine-readable reason.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class NotFound(StoreError):
+    """The named object does not exist."""
+
+
+class CRDNotInstalled(StoreError):
+    """The resource type (a konductor CustomResourceDefinition) is not installed."""
+
+
+class AlreadyExists(StoreError):
+    """An object with that name already exists."""
+
+
+class Conflict(StoreError):
+    """The object changed since the version the caller read (compare-and-swap lost)."""
+
+
+class Forbidden(StoreError, PermissionError):
+    """The store refused the call for lack of permission (Kubernetes RBAC)."""
+
+
+class Invalid(StoreError):
+    """The store rejected the object as invalid; ``fields`` names the offending fields."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        fields: tuple[str, ...] = (),
+        status: int | None = None,
+        reason: str | None = None,
+    ):
+        super().__init__(message, status=status, reason=reason)
+        self.fields = fields
+
+
+class Expired(StoreError):
+    """A watch was asked to resume from a version the store no longer keeps."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached or is overloaded; the call may be retried."""

@@ -1,0 +1,1 @@
+"""Kubernetes plumbing: configuration, raw JSON requests and error translation."""

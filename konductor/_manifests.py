@@ -1,0 +1,260 @@
+"""The Kubernetes manifests konductor needs: CRDs and a minimal RBAC Role.
+
+They are built here from the same kind definitions the store uses, so the
+shipped YAML can never drift from the code. ``kubectl get semaphores`` shows
+permits / in use / waiting through the printer columns; status stays
+schemaless (``x-kubernetes-preserve-unknown-fields``) so that the API server
+never prunes state written by a newer konductor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import yaml
+
+from konductor._store._kinds import CUSTOM_KINDS, GROUP, VERSION, Kind
+
+JSON = dict[str, Any]
+
+
+def _int(minimum: int, description: str, maximum: int | None = None) -> JSON:
+    schema: JSON = {"type": "integer", "minimum": minimum, "description": description}
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+_SPEC_PROPERTIES: dict[str, tuple[JSON, list[str]]] = {
+    "Semaphore": (
+        {"permits": _int(1, "How many holders may hold the semaphore at once.", 1_000_000)},
+        ["permits"],
+    ),
+    "Barrier": (
+        {"expected": _int(1, "How many distinct parties must arrive to open the barrier.")},
+        ["expected"],
+    ),
+    "Gate": (
+        {
+            "conditions": {
+                "type": "array",
+                "description": "Conditions that open the gate when all are met.",
+                "items": {
+                    "type": "object",
+                    "required": ["type", "name"],
+                    "properties": {
+                        "type": {"type": "string", "enum": ["Barrier", "Once", "Job"]},
+                        "name": {"type": "string", "minLength": 1},
+                    },
+                },
+            }
+        },
+        [],
+    ),
+    "Mutex": ({}, []),
+    "RWMutex": ({}, []),
+    "Once": ({}, []),
+    "WaitGroup": ({}, []),
+}
+
+_COLUMNS: dict[str, list[JSON]] = {
+    "Semaphore": [
+        {"name": "Permits", "type": "integer", "jsonPath": ".spec.permits"},
+        {"name": "In-Use", "type": "integer", "jsonPath": ".status.inUse"},
+        {"name": "Waiting", "type": "integer", "jsonPath": ".status.waiting"},
+    ],
+    "Barrier": [
+        {"name": "Expected", "type": "integer", "jsonPath": ".spec.expected"},
+        {"name": "Arrived", "type": "integer", "jsonPath": ".status.arrivedCount"},
+        {"name": "Open", "type": "boolean", "jsonPath": ".status.open"},
+    ],
+    "Gate": [{"name": "Open", "type": "boolean", "jsonPath": ".status.open"}],
+    "Mutex": [
+        {"name": "Holder", "type": "string", "jsonPath": ".status.holder"},
+        {"name": "Waiting", "type": "integer", "jsonPath": ".status.waiting"},
+    ],
+    "RWMutex": [
+        {"name": "Writer", "type": "string", "jsonPath": ".status.writer"},
+        {"name": "Readers", "type": "integer", "jsonPath": ".status.readers"},
+        {"name": "Waiting", "type": "integer", "jsonPath": ".status.waiting"},
+    ],
+    "Once": [
+        {"name": "State", "type": "string", "jsonPath": ".status.state"},
+        {"name": "Runner", "type": "string", "jsonPath": ".status.runner"},
+    ],
+    "WaitGroup": [{"name": "Count", "type": "integer", "jsonPath": ".status.count"}],
+}
+
+
+def crd(kind: Kind) -> JSON:
+    """The CustomResourceDefinition for one konductor kind."""
+    properties, required = _SPEC_PROPERTIES[kind.kind]
+    spec_schema: JSON = {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": properties,
+    }
+    if required:
+        spec_schema["required"] = required
+    columns = [
+        *_COLUMNS[kind.kind],
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": kind.resource,
+            "labels": {"app.kubernetes.io/part-of": "konductor"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.kind.lower(),
+                "shortNames": list(kind.short_names),
+                "categories": ["konductor"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": f"konductor {kind.kind}: a cluster-wide coordination "
+                            "primitive.",
+                            "properties": {
+                                "spec": spec_schema,
+                                "status": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                },
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def crds() -> list[JSON]:
+    """Every konductor CRD."""
+    return [crd(kind) for kind in CUSTOM_KINDS]
+
+
+def rbac(namespace: str = "default", service_account: str = "konductor") -> list[JSON]:
+    """A namespaced Role with exactly what konductor uses, bound to a service account."""
+    verbs = ["get", "list", "watch", "create", "update", "patch", "delete"]
+    plurals = [k.plural for k in CUSTOM_KINDS]
+    labels = {"app.kubernetes.io/part-of": "konductor"}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": service_account, "namespace": namespace, "labels": labels},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "konductor", "namespace": namespace, "labels": labels},
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": plurals + [f"{p}/status" for p in plurals],
+                    "verbs": verbs,
+                },
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": verbs},
+                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "konductor", "namespace": namespace, "labels": labels},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "konductor",
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
+            ],
+        },
+    ]
+
+
+def to_yaml(documents: list[JSON]) -> str:
+    """Documents as one multi-document YAML stream, for ``kubectl apply -f -``."""
+    return yaml.safe_dump_all(documents, sort_keys=False)
+
+
+async def install_crds(store: Any, *, timeout: float = 60.0) -> list[str]:
+    """Create or update every konductor CRD and wait until the API server serves them.
+
+    ``store`` is a :class:`KubernetesStore` whose credentials may manage CRDs
+    (cluster-admin, typically). Returns the names of the CRDs.
+
+    Raises:
+        Forbidden: the credentials may not manage CustomResourceDefinitions.
+        TimeoutError: a CRD was not Established within ``timeout`` seconds.
+    """
+    from konductor._errors import AlreadyExists
+    from konductor._kube._api import Target
+
+    api = await store._connect()
+    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    names = []
+    for manifest in crds():
+        name = manifest["metadata"]["name"]
+        names.append(name)
+        target = Target(
+            "create",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            None,
+            name,
+            custom=False,
+        )
+        try:
+            await api.request("POST", base, target, body=manifest)
+        except AlreadyExists:
+            current = await api.request("GET", f"{base}/{name}", target)
+            manifest = {
+                **manifest,
+                "metadata": {
+                    **manifest["metadata"],
+                    "resourceVersion": current["metadata"]["resourceVersion"],
+                },
+            }
+            await api.request("PUT", f"{base}/{name}", target, body=manifest)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for name in names:
+        target = Target(
+            "get",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            None,
+            name,
+            custom=False,
+        )
+        while True:
+            current = await api.request("GET", f"{base}/{name}", target)
+            conditions = (current.get("status") or {}).get("conditions") or []
+            if any(
+                c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+            ):
+                break
+            if loop.time() > deadline:
+                raise TimeoutError(f"CRD {name} was not Established within {timeout}s")
+            await asyncio.sleep(0.1)
+    return names

@@ -1,0 +1,1 @@
+"""Store backends behind the public :mod:`konductor.store` module."""

@@ -1,0 +1,180 @@
+"""The store protocol: named JSON objects with an opaque version.
+
+Everything konductor guarantees rests on one operation here: a write that
+succeeds only if the object still has the version the writer read
+(compare-and-swap). On Kubernetes the version is ``metadata.resourceVersion``
+and a stale write is the API server's 409 Conflict. Nothing relies on a
+client-side lock for cross-process safety.
+
+Versions are opaque strings to callers. Stores do promise that versions of one
+namespace increase over time (etcd revisions on Kubernetes, a counter in the
+memory and local stores); the resumable watch relies on that to drop
+duplicates after a reconnect.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from konductor._store._kinds import Kind
+
+JSON = dict[str, Any]
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as the store returned it.
+
+    ``spec`` is what a person configures, ``status`` the live state; both are
+    fresh copies owned by the caller. ``version`` is opaque: pass it back to
+    :meth:`Store.replace_status`, :meth:`Store.replace_spec` or
+    :meth:`Store.delete` to make the write conditional.
+    """
+
+    kind: Kind
+    name: str
+    version: str
+    spec: JSON = field(default_factory=dict)
+    status: JSON = field(default_factory=dict)
+    uid: str = ""
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """A change to an object, delivered in the order the store applied it."""
+
+    type: EventType
+    object: StoredObject
+
+
+@dataclass(frozen=True)
+class ObjectList:
+    """The objects of one kind and the store version the list was taken at.
+
+    Watching from ``version`` delivers every change made after the list.
+    """
+
+    items: tuple[StoredObject, ...]
+    version: str
+
+
+def version_newer(a: str, b: str) -> bool:
+    """Whether version ``a`` is newer than ``b``.
+
+    Stores use increasing integers; for a version that is not one, any
+    difference counts as newer (a duplicate is then possible, a miss is not).
+    """
+    try:
+        return int(a) > int(b)
+    except ValueError:
+        return a != b
+
+
+def copy_json(value: Mapping[str, Any]) -> JSON:
+    """A deep copy, so that callers never share mutable state with a store."""
+    return copy.deepcopy(dict(value))
+
+
+class Store(abc.ABC):
+    """Versioned-object store in one namespace.
+
+    Every method may raise :class:`~konductor.StoreUnavailable` once the store's
+    own retries are exhausted, and :class:`~konductor.Forbidden` when the
+    caller lacks permission.
+    """
+
+    namespace: str
+
+    @abc.abstractmethod
+    async def get(self, kind: Kind, name: str) -> StoredObject:
+        """Read one object.
+
+        Raises:
+            NotFound: no object of that kind and name.
+            CRDNotInstalled: the kind itself is not installed in the cluster.
+        """
+
+    @abc.abstractmethod
+    async def create(self, kind: Kind, name: str, spec: Mapping[str, Any]) -> StoredObject:
+        """Create an object with ``spec`` and an empty status.
+
+        Raises:
+            AlreadyExists: an object with that name exists.
+            Invalid: the spec violates the kind's schema.
+        """
+
+    @abc.abstractmethod
+    async def replace_status(
+        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+    ) -> StoredObject:
+        """Write the status if the object is still at ``version``.
+
+        Raises:
+            Conflict: the object changed since ``version``.
+            NotFound: the object no longer exists.
+            InvalidArgument: the kind has no status (a Lease).
+        """
+
+    @abc.abstractmethod
+    async def replace_spec(
+        self, kind: Kind, name: str, spec: Mapping[str, Any], *, version: str
+    ) -> StoredObject:
+        """Write the spec if the object is still at ``version``; the status is kept.
+
+        Raises:
+            Conflict: the object changed since ``version``.
+            NotFound: the object no longer exists.
+            Invalid: the spec violates the kind's schema.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, kind: Kind, name: str, *, version: str | None = None) -> None:
+        """Delete an object, only if it is still at ``version`` when one is given.
+
+        Raises:
+            NotFound: no object of that kind and name.
+            Conflict: ``version`` was given and the object changed since.
+        """
+
+    @abc.abstractmethod
+    async def list(self, kind: Kind) -> ObjectList:
+        """All objects of ``kind`` and the version to watch from for later changes."""
+
+    @abc.abstractmethod
+    def watch(
+        self,
+        kind: Kind,
+        *,
+        since: str,
+        name: str | None = None,
+        seen: StoredObject | None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[WatchEvent]]:
+        """Watch changes to objects of ``kind`` (or the one ``name``) after ``since``.
+
+        Use as ``async with store.watch(...) as events: async for ev in events``;
+        leaving the block closes the stream. Every change after ``since`` is
+        delivered once, in order. Dropped connections and server time-outs are
+        resumed transparently; if the store has compacted away the version to
+        resume from, the watch lists again and delivers the current state of
+        each object that changed (intermediate states collapsed) as MODIFIED,
+        and DELETED for each object it knew that is gone. ``seen`` is the
+        object as the caller last read it, so such a recovery knows about it.
+
+        Raises (while iterating):
+            CRDNotInstalled, Forbidden: as for :meth:`get`.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the store must not be used afterwards."""
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
