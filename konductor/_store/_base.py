@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import copy
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -153,7 +153,7 @@ class Store(abc.ABC):
         *,
         since: str,
         name: str | None = None,
-        seen: StoredObject | None = None,
+        seen: Iterable[StoredObject] = (),
     ) -> AbstractAsyncContextManager[AsyncIterator[WatchEvent]]:
         """Watch changes to objects of ``kind`` (or the one ``name``) after ``since``.
 
@@ -163,8 +163,10 @@ class Store(abc.ABC):
         resumed transparently; if the store has compacted away the version to
         resume from, the watch lists again and delivers the current state of
         each object that changed (intermediate states collapsed) as MODIFIED,
-        and DELETED for each object it knew that is gone. ``seen`` is the
-        object as the caller last read it, so such a recovery knows about it.
+        and DELETED for each object it knew that is gone. ``seen`` are the
+        objects as the caller knows them at ``since`` (the list or the get it
+        watches from): a recovery compares against them, so that an object
+        deleted in the gap is still reported DELETED.
 
         Raises (while iterating):
             CRDNotInstalled, Forbidden: as for :meth:`get`.

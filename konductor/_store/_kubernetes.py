@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -259,7 +259,7 @@ class KubernetesStore(Store):
         *,
         since: str,
         name: str | None = None,
-        seen: StoredObject | None = None,
+        seen: Iterable[StoredObject] = (),
     ) -> AbstractAsyncContextManager[AsyncIterator[WatchEvent]]:
         if name is not None:
             validate_name(name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -29,6 +29,7 @@ from konductor._store._base import (
     copy_json,
 )
 from konductor._store._kinds import Kind
+from konductor._store._schema import validate_spec
 from konductor._store._watch import RawEvent, ResumableWatch
 
 
@@ -69,6 +70,11 @@ class MemoryStore(Store):
         self._revision += 1
         return str(self._revision)
 
+    async def _round_trip(self) -> None:
+        # Every call yields to the event loop, as a network round trip would, so
+        # that concurrent callers really interleave between a read and a write.
+        await asyncio.sleep(0)
+
     def _existing(self, kind: Kind, name: str) -> StoredObject:
         validate_name(name)
         try:
@@ -77,12 +83,15 @@ class MemoryStore(Store):
             raise NotFound(f"{kind} {name!r} not found in namespace {self.namespace!r}") from None
 
     async def get(self, kind: Kind, name: str) -> StoredObject:
+        await self._round_trip()
         return _copy(self._existing(kind, name))
 
     async def create(self, kind: Kind, name: str, spec: Mapping[str, Any]) -> StoredObject:
         validate_name(name)
+        await self._round_trip()
         if (kind, name) in self._objects:
             raise AlreadyExists(f"{kind} {name!r} already exists in namespace {self.namespace!r}")
+        validate_spec(kind, name, spec)
         obj = StoredObject(
             kind, name, self._next_version(), copy_json(spec), {}, uid=str(uuid.uuid4())
         )
@@ -108,6 +117,7 @@ class MemoryStore(Store):
     ) -> StoredObject:
         if not kind.has_status:
             raise InvalidArgument(f"{kind} has no status; write its spec instead")
+        await self._round_trip()
         current = self._existing(kind, name)
         self._check_version(current, version)
         return await self._replace(current, status=copy_json(status))
@@ -115,11 +125,14 @@ class MemoryStore(Store):
     async def replace_spec(
         self, kind: Kind, name: str, spec: Mapping[str, Any], *, version: str
     ) -> StoredObject:
+        await self._round_trip()
         current = self._existing(kind, name)
         self._check_version(current, version)
+        validate_spec(kind, name, spec)
         return await self._replace(current, spec=copy_json(spec))
 
     async def delete(self, kind: Kind, name: str, *, version: str | None = None) -> None:
+        await self._round_trip()
         current = self._existing(kind, name)
         if version is not None:
             self._check_version(current, version)
@@ -127,6 +140,7 @@ class MemoryStore(Store):
         await self._record("DELETED", replace(current, version=self._next_version()))
 
     async def list(self, kind: Kind) -> ObjectList:
+        await self._round_trip()
         items = tuple(
             _copy(obj)
             for (k, _), obj in sorted(self._objects.items(), key=lambda kv: kv[0][1])
@@ -182,7 +196,7 @@ class MemoryStore(Store):
         *,
         since: str,
         name: str | None = None,
-        seen: StoredObject | None = None,
+        seen: Iterable[StoredObject] = (),
     ) -> AbstractAsyncContextManager[AsyncIterator[WatchEvent]]:
         if name is not None:
             validate_name(name)

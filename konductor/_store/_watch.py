@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -51,16 +51,16 @@ class ResumableWatch:
         kind: Kind,
         name: str | None,
         since: str,
-        seen: StoredObject | None,
+        seen: Iterable[StoredObject],
         open_raw: RawOpen,
         relist: Relist,
     ) -> None:
         self._kind = kind
         self._name = name
         self._since = since
-        self._known: dict[str, StoredObject] = {}
-        if seen is not None:
-            self._known[seen.name] = seen
+        self._known: dict[str, StoredObject] = {
+            obj.name: obj for obj in seen if name is None or obj.name == name
+        }
         self._open_raw = open_raw
         self._relist = relist
         self._gen: AsyncGenerator[WatchEvent, None] | None = None

@@ -1,0 +1,319 @@
+"""The store conformance suite: one set of tests, every backend.
+
+These are the properties every primitive relies on; the Kubernetes backend runs
+them against a real kube-apiserver and etcd, never a mock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+
+import pytest
+
+from konductor import AlreadyExists, Conflict, Invalid, InvalidArgument, InvalidName, NotFound
+from konductor.store import BARRIER, LEASE, SEMAPHORE, Store, StoredObject, WatchEvent
+from tests.store.conftest import Backend
+
+WAIT = 30.0  # generous upper bound for an expected event; never a speed claim
+
+
+class Reader:
+    """Reads a watch stream with time limits, without cancelling the stream.
+
+    (Cancelling a pending ``anext`` would close the async generator, so a
+    timed-out read is kept and awaited by the next call.)
+    """
+
+    def __init__(self, watch: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]) -> None:
+        self._watch = watch
+        self._pending: asyncio.Future[WatchEvent] | None = None
+
+    async def __aenter__(self) -> Reader:
+        self._events = await self._watch.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            await asyncio.gather(self._pending, return_exceptions=True)
+        await self._watch.__aexit__(None, None, None)
+
+    async def _read(self, timeout: float) -> WatchEvent | None:
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(anext(self._events))
+        done, _ = await asyncio.wait({self._pending}, timeout=timeout)
+        if not done:
+            return None
+        fut, self._pending = self._pending, None
+        return fut.result()
+
+    async def take(self, count: int) -> list[WatchEvent]:
+        out = []
+        for _ in range(count):
+            ev = await self._read(WAIT)
+            if ev is None:
+                pytest.fail(f"expected {count} events, got {len(out)}: {out}")
+            out.append(ev)
+        return out
+
+    async def assert_quiet(self, seconds: float = 0.5) -> None:
+        """No further event arrives within ``seconds`` (no duplicates were queued)."""
+        ev = await self._read(seconds)
+        if ev is not None:
+            pytest.fail(f"unexpected extra event: {ev}")
+
+
+async def test_create_get_and_duplicate_create(backend: Backend) -> None:
+    store = backend.store
+    created = await store.create(SEMAPHORE, "sem-a", {"permits": 3})
+    assert created.name == "sem-a"
+    assert created.spec == {"permits": 3}
+    assert created.status == {}
+    assert created.version
+    got = await store.get(SEMAPHORE, "sem-a")
+    assert got.version == created.version
+    assert got.spec == {"permits": 3}
+    with pytest.raises(AlreadyExists):
+        await store.create(SEMAPHORE, "sem-a", {"permits": 5})
+    assert (await store.get(SEMAPHORE, "sem-a")).spec == {"permits": 3}
+    with pytest.raises(NotFound):
+        await store.get(SEMAPHORE, "missing")
+
+
+async def test_replace_with_stale_version_conflicts(backend: Backend) -> None:
+    store = backend.store
+    obj = await store.create(SEMAPHORE, "sem-b", {"permits": 1})
+    first = await store.replace_status(SEMAPHORE, "sem-b", {"holders": ["x"]}, version=obj.version)
+    assert first.version != obj.version
+    with pytest.raises(Conflict):
+        await store.replace_status(SEMAPHORE, "sem-b", {"holders": ["y"]}, version=obj.version)
+    with pytest.raises(Conflict):
+        await store.replace_spec(SEMAPHORE, "sem-b", {"permits": 9}, version=obj.version)
+    now = await store.get(SEMAPHORE, "sem-b")
+    assert now.status == {"holders": ["x"]}
+    assert now.spec == {"permits": 1}
+
+
+async def test_status_and_spec_are_written_separately(backend: Backend) -> None:
+    store = backend.store
+    obj = await store.create(SEMAPHORE, "sem-c", {"permits": 2})
+    obj = await store.replace_status(SEMAPHORE, "sem-c", {"inUse": 1}, version=obj.version)
+    obj = await store.replace_spec(SEMAPHORE, "sem-c", {"permits": 4}, version=obj.version)
+    assert obj.spec == {"permits": 4}
+    assert obj.status == {"inUse": 1}
+    obj = await store.replace_status(SEMAPHORE, "sem-c", {"inUse": 2}, version=obj.version)
+    assert (await store.get(SEMAPHORE, "sem-c")).spec == {"permits": 4}
+
+
+async def test_returned_objects_are_caller_owned(backend: Backend) -> None:
+    store = backend.store
+    obj = await store.create(SEMAPHORE, "sem-own", {"permits": 2})
+    obj.spec["permits"] = 99
+    assert (await store.get(SEMAPHORE, "sem-own")).spec == {"permits": 2}
+
+
+async def _increment(store: Store, name: str, times: int) -> int:
+    conflicts = 0
+    for _ in range(times):
+        while True:
+            obj = await store.get(SEMAPHORE, name)
+            value = obj.status.get("counter", 0)
+            try:
+                await store.replace_status(
+                    SEMAPHORE, name, {**obj.status, "counter": value + 1}, version=obj.version
+                )
+                break
+            except Conflict:
+                conflicts += 1
+    return conflicts
+
+
+async def test_twenty_concurrent_cas_writers_lose_no_increment(backend: Backend) -> None:
+    """20 writers x 10 increments through compare-and-swap retry: exactly 200."""
+    obj = await backend.store.create(SEMAPHORE, "counter", {"permits": 1})
+    await backend.store.replace_status(SEMAPHORE, "counter", {"counter": 0}, version=obj.version)
+    clients = [backend.store] + [backend.another() for _ in range(3)]
+    results = await asyncio.gather(
+        *(_increment(clients[i % len(clients)], "counter", 10) for i in range(20))
+    )
+    final = await backend.store.get(SEMAPHORE, "counter")
+    assert final.status["counter"] == 200
+    # The writers really contended: the compare-and-swap rejected stale writes.
+    assert sum(results) > 0
+
+
+async def test_delete_with_and_without_precondition(backend: Backend) -> None:
+    store = backend.store
+    old = await store.create(BARRIER, "bar-a", {"expected": 2})
+    new = await store.replace_status(BARRIER, "bar-a", {"arrived": ["p1"]}, version=old.version)
+    with pytest.raises(Conflict):
+        await store.delete(BARRIER, "bar-a", version=old.version)
+    assert (await store.get(BARRIER, "bar-a")).version == new.version
+    await store.delete(BARRIER, "bar-a", version=new.version)
+    with pytest.raises(NotFound):
+        await store.get(BARRIER, "bar-a")
+    await store.create(BARRIER, "bar-b", {"expected": 1})
+    await store.delete(BARRIER, "bar-b")
+    with pytest.raises(NotFound):
+        await store.get(BARRIER, "bar-b")
+    with pytest.raises(NotFound):
+        await store.delete(BARRIER, "bar-b")
+
+
+async def test_list_and_watch_from_list_version(backend: Backend) -> None:
+    store = backend.store
+    for n in ("l-b", "l-a", "l-c"):
+        await store.create(SEMAPHORE, n, {"permits": 1})
+    await store.create(BARRIER, "other-kind", {"expected": 1})
+    listed = await store.list(SEMAPHORE)
+    assert [o.name for o in listed.items] == ["l-a", "l-b", "l-c"]
+    async with Reader(store.watch(SEMAPHORE, since=listed.version)) as events:
+        await store.create(SEMAPHORE, "l-d", {"permits": 1})
+        b = await store.get(SEMAPHORE, "l-b")
+        await store.replace_status(SEMAPHORE, "l-b", {"inUse": 1}, version=b.version)
+        await store.delete(SEMAPHORE, "l-a")
+        got = await events.take(3)
+    assert [(e.type, e.object.name) for e in got] == [
+        ("ADDED", "l-d"),
+        ("MODIFIED", "l-b"),
+        ("DELETED", "l-a"),
+    ]
+    assert got[1].object.status == {"inUse": 1}
+
+
+async def test_watch_delivers_every_change_in_order_after_a_version(backend: Backend) -> None:
+    store = backend.store
+    obj = await store.create(SEMAPHORE, "w-a", {"permits": 1})
+    start = obj.version
+    writer = backend.another()
+    for i in range(1, 11):  # changes made before the watch starts...
+        obj = await writer.replace_status(SEMAPHORE, "w-a", {"n": i}, version=obj.version)
+    async with Reader(store.watch(SEMAPHORE, name="w-a", since=start)) as events:
+        for i in range(11, 21):  # ...and while it runs
+            obj = await writer.replace_status(SEMAPHORE, "w-a", {"n": i}, version=obj.version)
+        await writer.delete(SEMAPHORE, "w-a")
+        got = await events.take(21)
+        await events.assert_quiet()
+    assert [e.object.status.get("n") for e in got[:20]] == list(range(1, 21))
+    assert all(e.type == "MODIFIED" for e in got[:20])
+    assert got[20].type == "DELETED"
+    versions = [int(e.object.version) for e in got]
+    assert versions == sorted(versions)
+
+
+async def test_watch_by_name_ignores_other_objects(backend: Backend) -> None:
+    store = backend.store
+    a = await store.create(SEMAPHORE, "n-a", {"permits": 1})
+    b = await store.create(SEMAPHORE, "n-b", {"permits": 1})
+    async with Reader(store.watch(SEMAPHORE, name="n-a", since=b.version)) as events:
+        await store.replace_status(SEMAPHORE, "n-b", {"x": 1}, version=b.version)
+        await store.replace_status(SEMAPHORE, "n-a", {"x": 2}, version=a.version)
+        (ev,) = await events.take(1)
+        assert (ev.object.name, ev.object.status) == ("n-a", {"x": 2})
+        await events.assert_quiet()
+
+
+async def test_watch_recovers_after_the_version_was_compacted(backend: Backend) -> None:
+    store = backend.store
+    obj = await store.create(SEMAPHORE, "exp-a", {"permits": 1})
+    seen = obj
+    gone = await store.create(SEMAPHORE, "exp-gone", {"permits": 1})
+    since = gone.version
+    for i in range(1, 6):
+        obj = await store.replace_status(SEMAPHORE, "exp-a", {"n": i}, version=obj.version)
+    await store.delete(SEMAPHORE, "exp-gone")
+    backend.compact()  # the store forgets every version before now
+    async with Reader(store.watch(SEMAPHORE, since=since, seen=[seen, gone])) as events:
+        recovered = {(e.type, e.object.name): e for e in await events.take(2)}
+        assert set(recovered) == {("MODIFIED", "exp-a"), ("DELETED", "exp-gone")}
+        # Intermediate states collapse to the latest one.
+        assert recovered["MODIFIED", "exp-a"].object.status == {"n": 5}
+        obj = await store.replace_status(SEMAPHORE, "exp-a", {"n": 6}, version=obj.version)
+        (live,) = await events.take(1)
+        assert (live.type, live.object.status) == ("MODIFIED", {"n": 6})
+        await events.assert_quiet()
+
+
+async def test_recovered_watch_tracks_known_deletions(backend: Backend) -> None:
+    store = backend.store
+    seen = await store.create(SEMAPHORE, "exp-del", {"permits": 1})
+    await store.delete(SEMAPHORE, "exp-del")
+    backend.compact()
+    async with Reader(
+        store.watch(SEMAPHORE, name="exp-del", since=seen.version, seen=[seen])
+    ) as events:
+        (ev,) = await events.take(1)
+        assert (ev.type, ev.object.name) == ("DELETED", "exp-del")
+        await events.assert_quiet()
+
+
+async def test_watch_without_changes_after_compaction_delivers_nothing(backend: Backend) -> None:
+    store = backend.store
+    obj = await store.create(SEMAPHORE, "exp-still", {"permits": 1})
+    backend.compact()
+    async with Reader(
+        store.watch(SEMAPHORE, name="exp-still", since=obj.version, seen=[obj])
+    ) as events:
+        await events.assert_quiet(1.0)
+        obj = await store.replace_status(SEMAPHORE, "exp-still", {"n": 1}, version=obj.version)
+        (ev,) = await events.take(1)
+        assert ev.object.status == {"n": 1}
+
+
+async def test_schema_violation_is_invalid_and_names_the_field(backend: Backend) -> None:
+    with pytest.raises(Invalid) as info:
+        await backend.store.create(SEMAPHORE, "bad-permits", {"permits": 0})
+    assert "spec.permits" in info.value.fields
+    assert "spec.permits" in str(info.value)
+    with pytest.raises(NotFound):
+        await backend.store.get(SEMAPHORE, "bad-permits")
+    obj = await backend.store.create(SEMAPHORE, "good-permits", {"permits": 1})
+    with pytest.raises(Invalid) as info:
+        await backend.store.replace_spec(
+            SEMAPHORE, "good-permits", {"permits": "many"}, version=obj.version
+        )
+    assert "spec.permits" in info.value.fields
+
+
+@pytest.mark.parametrize("name", ["", "Payments", "a" * 254, "under_score", "-lead", "trail-"])
+async def test_invalid_names_rejected_before_any_api_call(backend: Backend, name: str) -> None:
+    store = backend.store
+    before = getattr(store, "api_requests", 0)
+    with pytest.raises(InvalidName) as info:
+        await store.get(SEMAPHORE, name)
+    assert "DNS-1123" in str(info.value)
+    with pytest.raises(InvalidName):
+        await store.create(SEMAPHORE, name, {"permits": 1})
+    assert getattr(store, "api_requests", 0) == before
+
+
+async def test_lease_kind_round_trips_client_go_fields(backend: Backend) -> None:
+    spec = {
+        "holderIdentity": "pod-a_123_abcd",
+        "leaseDurationSeconds": 15,
+        "acquireTime": "2026-11-26T04:00:00.000000Z",
+        "renewTime": "2026-11-26T04:00:05.123456Z",
+        "leaseTransitions": 0,
+    }
+    obj = await backend.store.create(LEASE, "leader", spec)
+    assert obj.spec == spec
+    with pytest.raises(InvalidArgument):
+        await backend.store.replace_status(LEASE, "leader", {"x": 1}, version=obj.version)
+    changed = {**spec, "holderIdentity": "pod-b", "leaseTransitions": 1}
+    obj2 = await backend.store.replace_spec(LEASE, "leader", changed, version=obj.version)
+    assert obj2.spec == changed
+    with pytest.raises(Conflict):
+        await backend.store.replace_spec(LEASE, "leader", spec, version=obj.version)
+
+
+def _names(objs: tuple[StoredObject, ...]) -> list[str]:
+    return [o.name for o in objs]
+
+
+async def test_objects_are_isolated_by_kind(backend: Backend) -> None:
+    await backend.store.create(SEMAPHORE, "same-name", {"permits": 1})
+    await backend.store.create(BARRIER, "same-name", {"expected": 3})
+    assert (await backend.store.get(BARRIER, "same-name")).spec == {"expected": 3}
+    assert _names((await backend.store.list(SEMAPHORE)).items) == ["same-name"]
