@@ -157,7 +157,7 @@ def raise_for_status(
     elif status == 429 or status >= 500:
         exc = StoreUnavailable(
             f"the API server could not {target.verb} {target.describe()} right now "
-            f"({status} {reason or ''}); retrying later may succeed",
+            f"({status} {reason or ''}: {server_says}); retrying later may succeed",
             status=status,
             reason=reason,
         )

@@ -120,10 +120,18 @@ class ResumableWatch:
     async def _run(self) -> AsyncGenerator[WatchEvent, None]:
         last = self._since
         backoff = Backoff(initial=0.1, cap=5.0)
+        failures = 0  # consecutive server errors since the last event or recovery
+        relist = False
         while True:
             try:
+                if relist:
+                    events, last = await self._recover(last)
+                    relist, failures = False, 0
+                    for ev in events:
+                        yield ev
                 async with self._open_raw(last) as raw:
                     async for item in raw:
+                        failures = 0
                         backoff.reset()
                         if isinstance(item, Bookmark):
                             last = item.version
@@ -135,10 +143,15 @@ class ResumableWatch:
                 # The server ended the stream (its time-out): resume from `last`.
             except Expired:
                 log.info("watch of %s from version %s expired; listing again", self._kind, last)
-                events, last = await self._recover(last)
-                for ev in events:
-                    yield ev
+                relist = True
             except StoreUnavailable as exc:
+                # A network failure: resume from `last` once it is reachable. The
+                # server itself failing twice to resume from `last` (etcd may report
+                # a just-compacted version as an internal error) calls for a
+                # recovery by listing, which is always correct, only costlier.
+                if exc.status is not None:
+                    failures += 1
+                relist = relist or failures >= 2
                 delay = backoff.next_delay()
                 log.warning(
                     "watch of %s interrupted (%s); resuming in %.2fs", self._kind, exc, delay

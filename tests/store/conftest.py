@@ -9,6 +9,7 @@ expired-watch recovery is exercised on both.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import os
 import uuid
@@ -49,7 +50,9 @@ def kube_crds(kube_env: Any) -> Any:
         async with KubernetesStore(kubeconfig=kube_env.admin_kubeconfig) as store:
             await install_crds(store)
 
-    asyncio.run(install())
+    # Requested lazily from inside async fixtures, so run on a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, install()).result()
     return kube_env
 
 

@@ -20,34 +20,47 @@ WAIT = 30.0  # generous upper bound for an expected event; never a speed claim
 
 
 class Reader:
-    """Reads a watch stream with time limits, without cancelling the stream.
+    """Drains a watch stream in the background from the moment it opens.
 
-    (Cancelling a pending ``anext`` would close the async generator, so a
-    timed-out read is kept and awaited by the next call.)
+    The stream is consumed continuously (as a primitive waiting on it would),
+    and tests take events from the queue with generous time limits.
     """
 
     def __init__(self, watch: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]) -> None:
         self._watch = watch
-        self._pending: asyncio.Future[WatchEvent] | None = None
+        self._queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Reader:
-        self._events = await self._watch.__aenter__()
+        events = await self._watch.__aenter__()
+
+        async def pump() -> None:
+            async for ev in events:
+                self._queue.put_nowait(ev)
+
+        self._task = asyncio.ensure_future(pump())
+        await asyncio.sleep(0.2)  # let the stream open before the test writes
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._pending is not None:
-            self._pending.cancel()
-            await asyncio.gather(self._pending, return_exceptions=True)
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
         await self._watch.__aexit__(None, None, None)
 
     async def _read(self, timeout: float) -> WatchEvent | None:
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(anext(self._events))
-        done, _ = await asyncio.wait({self._pending}, timeout=timeout)
-        if not done:
-            return None
-        fut, self._pending = self._pending, None
-        return fut.result()
+        assert self._task is not None
+        getter = asyncio.ensure_future(self._queue.get())
+        done, _ = await asyncio.wait(
+            {getter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        if self._task in done:
+            self._task.result()  # the stream failed: raise its error
+            pytest.fail("the watch stream ended")
+        return None
 
     async def take(self, count: int) -> list[WatchEvent]:
         out = []
