@@ -9,7 +9,9 @@ batch work, long jobs), never for a per-request path.
 Kubernetes client until a Kubernetes store is first used.
 """
 
+from konductor._client import Client
 from konductor._errors import (
+    AcquireTimeout,
     AlreadyExists,
     ConfigurationError,
     Conflict,
@@ -20,19 +22,24 @@ from konductor._errors import (
     InvalidArgument,
     InvalidName,
     KonductorError,
+    LostError,
     NotFound,
+    SemaphoreLost,
     StoreError,
     StoreUnavailable,
 )
 from konductor._names import validate_name
+from konductor._primitives._semaphore import Permit
 from konductor._store._kubernetes import KubernetesStore
 from konductor._store._memory import MemoryStore
 
 __version__ = "0.1.0.dev0"
 
 __all__ = (
+    "AcquireTimeout",
     "AlreadyExists",
     "CRDNotInstalled",
+    "Client",
     "ConfigurationError",
     "Conflict",
     "Expired",
@@ -42,8 +49,11 @@ __all__ = (
     "InvalidName",
     "KonductorError",
     "KubernetesStore",
+    "LostError",
     "MemoryStore",
     "NotFound",
+    "Permit",
+    "SemaphoreLost",
     "StoreError",
     "StoreUnavailable",
     "__version__",

@@ -14,6 +14,9 @@ Decisions are taken on the HTTP status and the ``reason`` of the Kubernetes
     ├── InvalidArgument (ValueError)      bad input, raised before any API call
     │   └── InvalidName                   not a DNS-1123 subdomain
     ├── ConfigurationError                no store could be configured
+    ├── AcquireTimeout (TimeoutError)     not granted in time; nothing left behind
+    ├── LostError                         a held grant was lost (not renewed in time)
+    │   └── SemaphoreLost
     └── StoreError                        a store call failed
         ├── NotFound                      the object does not exist
         ├── CRDNotInstalled               the resource type itself is missing
@@ -28,6 +31,7 @@ Decisions are taken on the HTTP status and the ``reason`` of the Kubernetes
 from __future__ import annotations
 
 __all__ = [
+    "AcquireTimeout",
     "AlreadyExists",
     "CRDNotInstalled",
     "ConfigurationError",
@@ -38,7 +42,9 @@ __all__ = [
     "InvalidArgument",
     "InvalidName",
     "KonductorError",
+    "LostError",
     "NotFound",
+    "SemaphoreLost",
     "StoreError",
     "StoreUnavailable",
 ]
@@ -114,3 +120,20 @@ class Expired(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store could not be reached or is overloaded; the call may be retried."""
+
+
+class AcquireTimeout(KonductorError, TimeoutError):
+    """A grant could not be obtained within the requested timeout; nothing was left behind."""
+
+
+class LostError(KonductorError):
+    """A grant was lost while held: it could not be renewed in time, or was taken away.
+
+    The guarded ``async with`` body has been cancelled; work it did after the
+    loss may have overlapped with another holder (use the fencing token
+    downstream to reject such writes).
+    """
+
+
+class SemaphoreLost(LostError):
+    """A semaphore permit was lost while held."""

@@ -13,8 +13,10 @@ import konductor.store
 def test_top_level_exports_are_pinned() -> None:
     assert sorted(konductor.__all__) == sorted(
         [
+            "AcquireTimeout",
             "AlreadyExists",
             "CRDNotInstalled",
+            "Client",
             "ConfigurationError",
             "Conflict",
             "Expired",
@@ -24,8 +26,11 @@ def test_top_level_exports_are_pinned() -> None:
             "InvalidName",
             "KonductorError",
             "KubernetesStore",
+            "LostError",
             "MemoryStore",
             "NotFound",
+            "Permit",
+            "SemaphoreLost",
             "StoreError",
             "StoreUnavailable",
             "__version__",
@@ -45,7 +50,7 @@ def test_store_and_manifest_modules_export_what_they_declare() -> None:
 def test_every_error_derives_from_the_root() -> None:
     errors = [getattr(konductor, n) for n in konductor.__all__ if n[0].isupper()]
     errors = [e for e in errors if isinstance(e, type) and issubclass(e, BaseException)]
-    assert len(errors) == 13
+    assert len(errors) == 16
     assert all(issubclass(e, konductor.KonductorError) for e in errors)
     assert issubclass(konductor.Forbidden, PermissionError)
     assert issubclass(konductor.InvalidArgument, ValueError)

@@ -1,0 +1,1 @@
+"""Coordination primitives: pure state transitions, a CAS loop, watch-driven waits."""

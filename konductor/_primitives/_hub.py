@@ -1,0 +1,186 @@
+"""One shared view of one object per client: cache, watch, expiry, CAS loop.
+
+Every waiter and holder of the same object in a process shares its hub, so a
+process opens at most one watch per object however many tasks wait on it,
+and a write whose response carries the new version keeps the cache current
+(an uncontended acquire and release cost two writes and no read).
+
+Waiting is watch-driven: a waiter sleeps until the object changes or until
+the earliest moment an entry blocking it could become stale on this
+observer's clock, never on a fixed poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from konductor._errors import Conflict, NotFound, StoreUnavailable
+from konductor._primitives._clock import Clock
+from konductor._primitives._expiry import ExpiryTracker
+from konductor._store._base import JSON, Store, StoredObject, version_newer
+from konductor._store._kinds import Kind
+
+log = logging.getLogger("konductor")
+T = TypeVar("T")
+
+Entries = Callable[[StoredObject], list[JSON]]
+
+
+class Hub:
+    """Cache, watch and expiry tracking for one (kind, name)."""
+
+    def __init__(self, store: Store, kind: Kind, name: str, clock: Clock, entries: Entries) -> None:
+        self.store = store
+        self.kind = kind
+        self.name = name
+        self.clock = clock
+        self.tracker = ExpiryTracker()
+        self._entries = entries
+        self.obj: StoredObject | None = None
+        self.changes = 0  # bumped on every observed change
+        self._changed = asyncio.Event()  # replaced by a fresh one on every change
+        self._watchers = 0
+        self._watch_task: asyncio.Task[None] | None = None
+
+    # -- observation ------------------------------------------------------------------
+
+    def observe(self, obj: StoredObject | None, *, deleted: bool = False) -> None:
+        """Take ``obj`` as the object's latest state (if it is newer than the cache)."""
+        if deleted:
+            self.obj = None
+        elif obj is not None:
+            if self.obj is not None and not version_newer(obj.version, self.obj.version):
+                return
+            self.obj = obj
+            self.tracker.observe(self._entries(obj), self.clock.monotonic())
+        self.changes += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def refresh(self) -> StoredObject | None:
+        """Read the object from the store (``None`` if it does not exist)."""
+        try:
+            obj = await self.store.get(self.kind, self.name)
+        except NotFound:
+            self.observe(None, deleted=True)
+            return None
+        self.observe(obj)
+        return self.obj
+
+    async def current(self) -> StoredObject | None:
+        return self.obj if self.obj is not None else await self.refresh()
+
+    # -- compare-and-swap ------------------------------------------------------------
+
+    async def update(
+        self,
+        decide: Callable[[StoredObject], tuple[JSON | None, T]],
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> tuple[T, StoredObject]:
+        """Apply ``decide`` to the latest status until the write wins the CAS.
+
+        ``decide`` returns the new status (``None`` for no write) and a result;
+        it is re-run on the fresh object after every conflict. ``on_sent`` is
+        called just before each write is sent (holders measure their deadline
+        from that moment).
+
+        Raises:
+            NotFound: the object does not exist.
+        """
+        obj = await self.current()
+        while True:
+            if obj is None:
+                raise NotFound(f"{self.kind} {self.name!r} not found")
+            status, result = decide(obj)
+            if status is None:
+                return result, obj
+            if on_sent is not None:
+                on_sent()
+            try:
+                written = await self.store.replace_status(
+                    self.kind, self.name, status, version=obj.version
+                )
+            except Conflict:
+                obj = await self.refresh()
+                continue
+            except NotFound:
+                self.observe(None, deleted=True)
+                raise
+            self.observe(written)
+            return result, written
+
+    # -- waiting ----------------------------------------------------------------------
+
+    async def wait_change(self, seen_changes: int, until: float | None) -> None:
+        """Return once ``changes`` exceeds ``seen_changes`` or at monotonic ``until``."""
+        if self.changes > seen_changes:
+            return
+        timeout = None if until is None else max(0.0, until - self.clock.monotonic())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def retain_watch(self) -> None:
+        """Keep a watch open while at least one waiter needs it."""
+        self._watchers += 1
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.ensure_future(self._watch())
+
+    def release_watch(self) -> None:
+        self._watchers -= 1
+        if self._watchers <= 0 and self._watch_task is not None:
+            self._watch_task.cancel()
+            self._watch_task = None
+
+    async def _watch(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                obj = self.obj or await self.refresh()
+                if obj is None:
+                    listed = await self.store.list(self.kind)
+                    since, seen = listed.version, []
+                    for item in listed.items:
+                        if item.name == self.name:
+                            self.observe(item)
+                            since, seen = item.version, [item]
+                else:
+                    since, seen = obj.version, [obj]
+                async with self.store.watch(
+                    self.kind, name=self.name, since=since, seen=seen
+                ) as events:
+                    async for ev in events:
+                        backoff = 0.1
+                        self.observe(ev.object, deleted=ev.type == "DELETED")
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable as exc:
+                log.warning("watch of %s %r failed: %s", self.kind, self.name, exc)
+            except Exception:  # keep waiters informed; they time out on their own
+                log.exception("watch of %s %r failed", self.kind, self.name)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+            self._watch_task = None
+
+
+def entries_of(*keys: str) -> Entries:
+    """An ``Entries`` function reading the listed status arrays."""
+
+    def entries(obj: StoredObject) -> list[JSON]:
+        out: list[JSON] = []
+        for key in keys:
+            value: Any = obj.status.get(key)
+            if isinstance(value, list):
+                out.extend(e for e in value if isinstance(e, dict))
+        return out
+
+    return entries

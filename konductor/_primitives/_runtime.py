@@ -1,0 +1,32 @@
+"""What every primitive needs from its client: store, clock, identity, hubs, renewer."""
+
+from __future__ import annotations
+
+from konductor._primitives._clock import Clock
+from konductor._primitives._hub import Entries, Hub
+from konductor._primitives._renewal import Renewer
+from konductor._store._base import Store
+from konductor._store._kinds import Kind
+
+
+class Runtime:
+    """Shared state of one client (one per process and event loop)."""
+
+    def __init__(self, store: Store, clock: Clock, identity: str) -> None:
+        self.store = store
+        self.clock = clock
+        self.identity = identity
+        self.renewer = Renewer(clock)
+        self._hubs: dict[tuple[Kind, str], Hub] = {}
+
+    def hub(self, kind: Kind, name: str, entries: Entries) -> Hub:
+        key = (kind, name)
+        if key not in self._hubs:
+            self._hubs[key] = Hub(self.store, kind, name, self.clock, entries)
+        return self._hubs[key]
+
+    async def close(self) -> None:
+        await self.renewer.close()
+        for hub in self._hubs.values():
+            await hub.close()
+        self._hubs.clear()

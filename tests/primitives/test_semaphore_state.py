@@ -1,0 +1,120 @@
+"""The semaphore's pure transitions, exhaustively over small states."""
+
+from __future__ import annotations
+
+import itertools
+
+from konductor._primitives import _semaphore_state as s
+from konductor._primitives._expiry import ExpiryTracker
+
+W = "2026-11-26T00:00:00.000000Z"
+
+
+def req(i: str, count: int = 1) -> s.Request:
+    return s.Request(i, f"holder-{i}", count, 10.0)
+
+
+def apply(status: dict, permits: int, r: s.Request, stale: set[str] = frozenset()) -> s.Outcome:  # type: ignore[assignment, type-arg]
+    out = s.acquire(status, permits, r, stale, W)
+    return out
+
+
+def test_grants_until_full_then_queues_in_order() -> None:
+    status: dict = {}  # type: ignore[type-arg]
+    for i in "ab":
+        out = apply(status, 2, req(i))
+        assert out.granted is not None
+        assert out.status is not None
+        status = out.status
+    out = apply(status, 2, req("c"))
+    assert out.granted is None
+    assert out.status is not None
+    status = out.status
+    assert [q["id"] for q in status["queue"]] == ["c"]
+    assert (status["inUse"], status["waiting"]) == (2, 1)
+    # Re-evaluating while still full writes nothing.
+    assert apply(status, 2, req("c")).status is None
+    status = s.release(status, {"a"}, set()).status  # type: ignore[assignment]
+    out = apply(status, 2, req("c"))
+    assert out.granted is not None
+    assert out.status is not None
+    assert out.status["queue"] == []
+
+
+def test_fifo_no_barging_and_head_of_line() -> None:
+    status: dict = apply({}, 3, req("a", 2)).status  # type: ignore[assignment, type-arg]
+    status = apply(status, 3, req("big", 3)).status  # queued: needs 3, 1 free
+    assert status["waiting"] == 1
+    # A small request behind the big one waits even though 1 permit is free.
+    out = apply(status, 3, req("small"))
+    assert out.granted is None
+    status = out.status  # type: ignore[assignment]
+    assert [q["id"] for q in status["queue"]] == ["big", "small"]
+    # A non-blocking try never barges ahead of the queue and leaves no ticket.
+    assert s.acquire(status, 3, req("try"), set(), W, enqueue=False).status is None
+    status = s.release(status, {"a"}, set()).status  # type: ignore[assignment]
+    assert apply(status, 3, req("small")).granted is None  # big is still ahead
+    status = apply(status, 3, req("big")).status  # type: ignore[assignment]
+    assert [h["id"] for h in status["holders"]] == ["big"]
+
+
+def test_tokens_strictly_increase_and_grants_are_idempotent() -> None:
+    status: dict = {}  # type: ignore[type-arg]
+    tokens = []
+    for i in range(5):
+        out = apply(status, 1, req(str(i)))
+        assert out.granted is not None
+        tokens.append(out.granted["token"])
+        again = apply(out.status, 1, req(str(i)))  # type: ignore[arg-type]
+        assert again.status is None
+        assert again.granted == out.granted
+        status = s.release(out.status, {str(i)}, set()).status  # type: ignore[arg-type, assignment]
+    assert tokens == sorted(tokens)
+    assert len(set(tokens)) == 5
+
+
+def test_stale_entries_are_purged_and_free_their_permits() -> None:
+    status: dict = apply({}, 1, req("dead")).status  # type: ignore[assignment, type-arg]
+    status = apply(status, 1, req("dead-waiter")).status
+    assert apply(status, 1, req("x")).granted is None
+    out = apply(status, 1, req("x"), {"dead", "dead-waiter"})
+    assert out.granted is not None
+    assert [h["id"] for h in out.status["holders"]] == ["x"]  # type: ignore[index]
+
+
+def test_release_is_idempotent_and_renew_reports_missing() -> None:
+    status: dict = apply({}, 2, req("a")).status  # type: ignore[assignment, type-arg]
+    released = s.release(status, {"a"}, set()).status
+    assert released is not None
+    assert released["inUse"] == 0
+    assert s.release(released, {"a"}, set()).status is None
+    out, missing = s.renew(status, {"a", "gone"}, W)
+    assert missing == {"gone"}
+    assert out.status is not None
+    assert out.status["holders"][0]["renewals"] == 1
+
+
+def test_never_over_admits_in_any_interleaving() -> None:
+    """Every sequence of 5 acquires/releases of 4 requesters on 2 permits stays <= 2."""
+    ids = ["a", "b", "c", "d"]
+    ops = [("acq", i) for i in ids] + [("rel", i) for i in ids]
+    for seq in itertools.product(ops, repeat=5):
+        status: dict = {}  # type: ignore[type-arg]
+        for op, i in seq:
+            out = apply(status, 2, req(i)) if op == "acq" else s.release(status, {i}, set())
+            if out.status is not None:
+                status = out.status
+            assert sum(h["count"] for h in status.get("holders", [])) <= 2
+
+
+def test_expiry_is_judged_on_the_observers_clock() -> None:
+    tracker = ExpiryTracker()
+    entry = {"id": "a", "renewals": 0, "ttlSeconds": 10}
+    tracker.observe([entry], now=1000.0)  # first seen now, whatever its timestamps say
+    assert tracker.stale([entry], 1009.9) == set()
+    assert tracker.stale([entry], 1010.0) == {"a"}
+    renewed = {**entry, "renewals": 1}
+    tracker.observe([renewed], now=1005.0)
+    assert tracker.stale([renewed], 1014.0) == set()
+    assert tracker.stale([renewed], 1015.0) == {"a"}
+    assert tracker.expires_at({"id": "unseen", "ttlSeconds": 1}) == float("inf")
