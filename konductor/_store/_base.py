@@ -146,7 +146,6 @@ class Store(abc.ABC):
     async def list(self, kind: Kind) -> ObjectList:
         """All objects of ``kind`` and the version to watch from for later changes."""
 
-    @abc.abstractmethod
     def watch(
         self,
         kind: Kind,
@@ -170,6 +169,29 @@ class Store(abc.ABC):
 
         Raises (while iterating):
             CRDNotInstalled, Forbidden: as for :meth:`get`.
+        """
+        from konductor._names import validate_name
+        from konductor._store._watch import ResumableWatch
+
+        if name is not None:
+            validate_name(name)
+        return ResumableWatch(
+            kind=kind,
+            name=name,
+            since=since,
+            seen=seen,
+            open_raw=lambda version: self._raw_watch(kind, name, version),
+            relist=lambda: self.list(kind),
+        )
+
+    @abc.abstractmethod
+    def _raw_watch(
+        self, kind: Kind, name: str | None, since: str
+    ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
+        """One stream of WatchEvent / Bookmark items from ``since``; may end or fail.
+
+        Raises Expired when ``since`` is no longer kept, StoreUnavailable when
+        the connection fails; :meth:`watch` resumes and recovers from both.
         """
 
     async def close(self) -> None:  # noqa: B027 - optional hook

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from konductor._errors import InvalidArgument, StoreUnavailable
@@ -19,7 +19,7 @@ from konductor._kube._api import JSON, KubeApi, Target, raise_for_status
 from konductor._names import validate_name, validate_namespace
 from konductor._store._base import ObjectList, Store, StoredObject, WatchEvent, copy_json
 from konductor._store._kinds import Kind
-from konductor._store._watch import Bookmark, RawEvent, ResumableWatch
+from konductor._store._watch import Bookmark, RawEvent
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "konductor"}
 
@@ -252,22 +252,3 @@ class KubernetesStore(Store):
                         yield WatchEvent(type_, _to_object(kind, obj))
 
             yield events()
-
-    def watch(
-        self,
-        kind: Kind,
-        *,
-        since: str,
-        name: str | None = None,
-        seen: Iterable[StoredObject] = (),
-    ) -> AbstractAsyncContextManager[AsyncIterator[WatchEvent]]:
-        if name is not None:
-            validate_name(name)
-        return ResumableWatch(
-            kind=kind,
-            name=name,
-            since=since,
-            seen=seen,
-            open_raw=lambda version: self._raw_watch(kind, name, version),
-            relist=lambda: self.list(kind),
-        )

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -30,7 +30,7 @@ from konductor._store._base import (
 )
 from konductor._store._kinds import Kind
 from konductor._store._schema import validate_spec
-from konductor._store._watch import RawEvent, ResumableWatch
+from konductor._store._watch import RawEvent
 
 
 def _copy(obj: StoredObject) -> StoredObject:
@@ -189,22 +189,3 @@ class MemoryStore(Store):
                     await cond.wait()
 
         yield events()
-
-    def watch(
-        self,
-        kind: Kind,
-        *,
-        since: str,
-        name: str | None = None,
-        seen: Iterable[StoredObject] = (),
-    ) -> AbstractAsyncContextManager[AsyncIterator[WatchEvent]]:
-        if name is not None:
-            validate_name(name)
-        return ResumableWatch(
-            kind=kind,
-            name=name,
-            since=since,
-            seen=seen,
-            open_raw=lambda version: self._raw_watch(kind, name, version),
-            relist=lambda: self.list(kind),
-        )
