@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 @dataclass
 class Backoff:
-    """Delays that double from ``initial`` up to ``cap``, with full jitter.
+    """Delays that double from ``initial`` up to ``cap``, with "equal" jitter.
 
-    Full jitter (a uniform draw below the exponential bound) keeps many clients
-    that failed together from retrying together.
+    Each delay is drawn uniformly between half the exponential bound and the
+    bound, which keeps many clients that failed together from retrying together.
     """
 
     initial: float = 0.05

@@ -48,8 +48,10 @@ class KubernetesStore(Store):
     and closes). The connection is made on first use. One ApiClient serves
     every call and watch; :meth:`close` (or ``async with``) releases it.
 
-    Raises (on first use):
-        ConfigurationError: the kubeconfig or service account cannot be loaded.
+    Raises:
+        ConfigurationError: the kubeconfig cannot be read (at construction, when
+            the namespace must be taken from it; otherwise on first use), or the
+            service account cannot be loaded (on first use).
     """
 
     def __init__(
