@@ -17,8 +17,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -170,6 +170,17 @@ def raise_for_status(
     raise exc from cause
 
 
+@contextmanager
+def _unavailable_on_network_error(what: str) -> Iterator[None]:
+    """Re-raise aiohttp / socket / time-out failures as StoreUnavailable(``what``: cause)."""
+    import aiohttp
+
+    try:
+        yield
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
 class KubeApi:
     """JSON over one kubernetes_asyncio ApiClient, with retries for retryable errors.
 
@@ -206,10 +217,10 @@ class KubeApi:
         body: JSON | None,
         timeout: Any,
     ) -> Any:
-        import aiohttp
-
         self.requests += 1
-        try:
+        with _unavailable_on_network_error(
+            f"cannot reach the Kubernetes API server at {self.host}"
+        ):
             return await self._client.call_api(
                 path,
                 method,
@@ -220,11 +231,6 @@ class KubeApi:
                 _preload_content=False,
                 _request_timeout=timeout,
             )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(
-                f"cannot reach the Kubernetes API server at {self.host}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
 
     async def request_once(
         self,
@@ -236,16 +242,13 @@ class KubeApi:
         body: JSON | None = None,
     ) -> JSON:
         """One request; raises the translated error on failure."""
-        import aiohttp
-
         resp = await self._send(method, path, query, body, self._timeout)
         try:
-            raw = await resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(
+            with _unavailable_on_network_error(
                 f"connection to the API server at {self.host} broke during {target.verb} "
-                f"{target.describe()}: {type(exc).__name__}: {exc}"
-            ) from exc
+                f"{target.describe()}"
+            ):
+                raw = await resp.read()
         finally:
             resp.release()
         if not 200 <= resp.status < 300:
@@ -297,12 +300,8 @@ class KubeApi:
 
             async def lines() -> AsyncIterator[JSON]:
                 while True:
-                    try:
+                    with _unavailable_on_network_error(f"watch of {target.describe()} broke"):
                         line = await resp.content.readline()
-                    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                        raise StoreUnavailable(
-                            f"watch of {target.describe()} broke: {type(exc).__name__}: {exc}"
-                        ) from exc
                     if not line:
                         return
                     if line.strip():

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from konductor._backoff import Backoff
 from konductor._errors import Conflict, NotFound, StoreUnavailable
 from konductor._primitives._clock import Clock
 from konductor._primitives._expiry import ExpiryTracker
@@ -60,6 +61,10 @@ class Hub:
         self.changes += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def stale(self, obj: StoredObject) -> set[str]:
+        """Ids of ``obj``'s entries this observer has seen unchanged for their full TTL."""
+        return self.tracker.stale(self._entries(obj), self.clock.monotonic())
 
     async def refresh(self) -> StoredObject | None:
         """Read the object from the store (``None`` if it does not exist)."""
@@ -137,7 +142,7 @@ class Hub:
             self._watch_task = None
 
     async def _watch(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(initial=0.1, cap=5.0)
         while True:
             try:
                 obj = self.obj or await self.refresh()
@@ -154,7 +159,7 @@ class Hub:
                     self.kind, name=self.name, since=since, seen=seen
                 ) as events:
                     async for ev in events:
-                        backoff = 0.1
+                        backoff.reset()
                         self.observe(ev.object, deleted=ev.type == "DELETED")
             except asyncio.CancelledError:
                 raise
@@ -162,8 +167,7 @@ class Hub:
                 log.warning("watch of %s %r failed: %s", self.kind, self.name, exc)
             except Exception:  # keep waiters informed; they time out on their own
                 log.exception("watch of %s %r failed", self.kind, self.name)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(backoff.next_delay())
 
     async def close(self) -> None:
         if self._watch_task is not None:

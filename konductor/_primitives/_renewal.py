@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from konductor._errors import KonductorError
 from konductor._primitives._clock import Clock, micro_time
 from konductor._primitives._hub import Hub
-from konductor._store._base import JSON
+from konductor._store._base import JSON, StoredObject
 
 log = logging.getLogger("konductor")
 
@@ -147,23 +147,16 @@ class Renewer:
             nonlocal sent
             sent = self._clock.monotonic()
 
-        def decide(obj: object) -> tuple[JSON | None, set[str]]:
-            from konductor._store._base import StoredObject
-
-            assert isinstance(obj, StoredObject)
+        def decide(obj: StoredObject) -> tuple[JSON | None, set[str]]:
             return renew(obj.status, ids, micro_time(self._clock.wall()))
 
         try:
             missing, _ = await hub.update(decide, on_sent=mark_sent)
-        except KonductorError as exc:
-            log.warning("renewal of %s %r failed: %s", hub.kind, hub.name, exc)
-            now = self._clock.monotonic()
-            for e in entries:
-                e.failures += 1
-                e.schedule(now)
-            return
-        except Exception:
-            log.exception("renewal of %s %r failed", hub.kind, hub.name)
+        except Exception as exc:
+            if isinstance(exc, KonductorError):
+                log.warning("renewal of %s %r failed: %s", hub.kind, hub.name, exc)
+            else:
+                log.exception("renewal of %s %r failed", hub.kind, hub.name)
             now = self._clock.monotonic()
             for e in entries:
                 e.failures += 1

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -126,10 +127,12 @@ class _Semaphore:
             )
         return obj
 
-    def _decide(self, req: state.Request, enqueue: bool) -> Any:
+    def _decide(
+        self, req: state.Request, enqueue: bool
+    ) -> Callable[[StoredObject], tuple[JSON | None, JSON | None]]:
         def decide(obj: StoredObject) -> tuple[JSON | None, JSON | None]:
             permits = int(obj.spec.get("permits", 0))
-            stale = self.hub.tracker.stale(state.all_entries(obj.status), self.rt.clock.monotonic())
+            stale = self.hub.stale(obj)
             stale.discard(req.id)
             outcome = state.acquire(
                 obj.status, permits, req, stale, micro_time(self.rt.clock.wall()), enqueue=enqueue
@@ -224,8 +227,7 @@ class _Semaphore:
 
     async def _remove(self, req_id: str) -> None:
         def decide(obj: StoredObject) -> tuple[JSON | None, None]:
-            stale = self.hub.tracker.stale(state.all_entries(obj.status), self.rt.clock.monotonic())
-            return state.release(obj.status, {req_id}, stale).status, None
+            return state.release(obj.status, {req_id}, self.hub.stale(obj)).status, None
 
         with contextlib.suppress(NotFound):
             await self.hub.update(decide)

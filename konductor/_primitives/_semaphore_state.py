@@ -92,11 +92,11 @@ def acquire(
     With ``enqueue=False`` (a non-blocking try) a request that cannot be granted
     leaves no ticket. Stale entries are dropped whenever the status is written.
     """
-    holders = [h for h in _entries(status, "holders") if h.get("id") not in stale]
-    queue = [q for q in _entries(status, "queue") if q.get("id") not in stale]
-    purged = len(holders) != len(_entries(status, "holders")) or len(queue) != len(
-        _entries(status, "queue")
-    )
+    old_holders = _entries(status, "holders")
+    old_queue = _entries(status, "queue")
+    holders = [h for h in old_holders if h.get("id") not in stale]
+    queue = [q for q in old_queue if q.get("id") not in stale]
+    purged = len(holders) != len(old_holders) or len(queue) != len(old_queue)
     for h in holders:
         if h.get("id") == req.id:  # already granted (a retried write that succeeded)
             return Outcome(_finish(status, holders, queue) if purged else None, h)
@@ -150,7 +150,3 @@ def blocking_entries(status: Mapping[str, Any], req_id: str) -> list[JSON]:
     queue = _entries(status, "queue")
     position = next((i for i, q in enumerate(queue) if q.get("id") == req_id), len(queue))
     return [*_entries(status, "holders"), *queue[:position]]
-
-
-def all_entries(status: Mapping[str, Any]) -> list[JSON]:
-    return [*_entries(status, "holders"), *_entries(status, "queue")]
