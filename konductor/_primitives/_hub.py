@@ -13,7 +13,6 @@ observer's clock, never on a fixed poll interval.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -87,9 +86,10 @@ class Hub:
         *,
         on_sent: Callable[[], None] | None = None,
     ) -> tuple[T, StoredObject]:
-        """Apply ``decide`` to the latest status until the write wins the CAS.
+        """Apply ``decide`` to the latest state until the write wins the CAS.
 
-        ``decide`` returns the new status (``None`` for no write) and a result;
+        ``decide`` returns the new status (the new spec for a kind without a
+        status, such as a Lease; ``None`` for no write) and a result;
         it is re-run on the fresh object after every conflict. ``on_sent`` is
         called just before each write is sent (holders measure their deadline
         from that moment).
@@ -106,10 +106,11 @@ class Hub:
                 return result, obj
             if on_sent is not None:
                 on_sent()
+            # Kinds with a status subresource keep their state in status; a
+            # Lease keeps it in spec.
+            write = self.store.replace_status if self.kind.has_status else self.store.replace_spec
             try:
-                written = await self.store.replace_status(
-                    self.kind, self.name, status, version=obj.version
-                )
+                written = await write(self.kind, self.name, status, version=obj.version)
             except Conflict:
                 obj = await self.refresh()
                 continue
@@ -125,9 +126,7 @@ class Hub:
         """Return once ``changes`` exceeds ``seen_changes`` or at monotonic ``until``."""
         if self.changes > seen_changes:
             return
-        timeout = None if until is None else max(0.0, until - self.clock.monotonic())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        await self.clock.wait(self._changed, until)
 
     def retain_watch(self) -> None:
         """Keep a watch open while at least one waiter needs it."""
