@@ -22,11 +22,15 @@ from konductor._errors import (
     InvalidArgument,
     InvalidName,
     KonductorError,
+    LeaseLost,
     LostError,
+    MutexLost,
     NotFound,
+    OnceFailed,
     SemaphoreLost,
     StoreError,
     StoreUnavailable,
+    WaitTimeout,
 )
 from konductor._names import validate_name
 from konductor._primitives._semaphore import Permit
@@ -49,13 +53,17 @@ __all__ = (
     "InvalidName",
     "KonductorError",
     "KubernetesStore",
+    "LeaseLost",
     "LostError",
     "MemoryStore",
+    "MutexLost",
     "NotFound",
+    "OnceFailed",
     "Permit",
     "SemaphoreLost",
     "StoreError",
     "StoreUnavailable",
+    "WaitTimeout",
     "__version__",
     "validate_name",
 )

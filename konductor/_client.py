@@ -13,14 +13,10 @@ import socket
 from types import TracebackType
 
 from konductor._names import validate_namespace
-from konductor._primitives import _semaphore
 from konductor._primitives._clock import Clock, SystemClock
 from konductor._primitives._runtime import Runtime
-from konductor._primitives._semaphore import Permit, SemaphoreContext
-from konductor._primitives._validate import timeout as check_timeout
+from konductor._primitives._semaphore import SemaphoreMethods
 from konductor._store._base import Store
-
-DEFAULT_TTL = 15.0
 
 
 def default_identity() -> str:
@@ -29,7 +25,11 @@ def default_identity() -> str:
     return f"{base}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-class Client:
+class Client(
+    # Each primitive family adds its methods through a mixin that uses
+    # ``self._rt`` (the Runtime); one base per line.
+    SemaphoreMethods,
+):
     """Cluster-wide coordination primitives, async API.
 
     ``store`` is any :class:`konductor.store.Store`; without one, a
@@ -64,63 +64,6 @@ class Client:
     @property
     def namespace(self) -> str:
         return self.store.namespace
-
-    # -- semaphore --------------------------------------------------------------------
-
-    def semaphore(
-        self,
-        name: str,
-        permits: int | None = None,
-        *,
-        count: int = 1,
-        ttl: object = DEFAULT_TTL,
-        timeout: object = None,
-    ) -> SemaphoreContext:
-        """``async with client.semaphore("payments-api", permits=3) as permit:``.
-
-        Created with ``permits`` if missing; if it exists the cluster's spec
-        wins (a mismatch is logged). Waiters are served first come, first served.
-
-        Raises:
-            InvalidArgument / InvalidName: bad arguments, before any API call.
-            AcquireTimeout: no permit within ``timeout`` seconds.
-            SemaphoreLost: (on exit) the permit was lost while the body ran;
-                the body was cancelled.
-        """
-        sem = _semaphore.make(self._rt, name, permits, count, ttl)
-        return SemaphoreContext(sem, check_timeout(timeout))
-
-    async def acquire_semaphore(
-        self,
-        name: str,
-        permits: int | None = None,
-        *,
-        count: int = 1,
-        ttl: object = DEFAULT_TTL,
-        timeout: object = None,
-    ) -> Permit:
-        """Acquire and return a :class:`Permit`; call ``await permit.release()``.
-
-        Raises:
-            InvalidArgument / InvalidName: bad arguments, before any API call.
-            AcquireTimeout: no permit within ``timeout`` seconds.
-        """
-        sem = _semaphore.make(self._rt, name, permits, count, ttl)
-        permit = await sem.acquire(check_timeout(timeout))
-        assert permit is not None
-        return permit
-
-    async def try_acquire_semaphore(
-        self,
-        name: str,
-        permits: int | None = None,
-        *,
-        count: int = 1,
-        ttl: object = DEFAULT_TTL,
-    ) -> Permit | None:
-        """A permit if one is free and nobody is queued ahead, else ``None`` (no wait)."""
-        sem = _semaphore.make(self._rt, name, permits, count, ttl)
-        return await sem.acquire(0, blocking=False)
 
     # -- lifecycle --------------------------------------------------------------------
 

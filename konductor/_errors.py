@@ -14,9 +14,13 @@ Decisions are taken on the HTTP status and the ``reason`` of the Kubernetes
     ├── InvalidArgument (ValueError)      bad input, raised before any API call
     │   └── InvalidName                   not a DNS-1123 subdomain
     ├── ConfigurationError                no store could be configured
-    ├── AcquireTimeout (TimeoutError)     not granted in time; nothing left behind
+    ├── WaitTimeout (TimeoutError)        a wait did not end in time
+    │   └── AcquireTimeout                not granted in time; nothing left behind
+    ├── OnceFailed                        the once-function failed on its runner
     ├── LostError                         a held grant was lost (not renewed in time)
-    │   └── SemaphoreLost
+    │   ├── SemaphoreLost
+    │   ├── LeaseLost
+    │   └── MutexLost
     └── StoreError                        a store call failed
         ├── NotFound                      the object does not exist
         ├── CRDNotInstalled               the resource type itself is missing
@@ -42,11 +46,15 @@ __all__ = [
     "InvalidArgument",
     "InvalidName",
     "KonductorError",
+    "LeaseLost",
     "LostError",
+    "MutexLost",
     "NotFound",
+    "OnceFailed",
     "SemaphoreLost",
     "StoreError",
     "StoreUnavailable",
+    "WaitTimeout",
 ]
 
 
@@ -122,8 +130,20 @@ class StoreUnavailable(StoreError):
     """The store could not be reached or is overloaded; the call may be retried."""
 
 
-class AcquireTimeout(KonductorError, TimeoutError):
+class WaitTimeout(KonductorError, TimeoutError):
+    """A wait (for a grant, a barrier, a gate, ...) did not end within its timeout."""
+
+
+class AcquireTimeout(WaitTimeout):
     """A grant could not be obtained within the requested timeout; nothing was left behind."""
+
+
+class OnceFailed(KonductorError):
+    """The once-function failed on the runner; ``error`` is what it recorded."""
+
+    def __init__(self, message: str, *, error: str = "") -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class LostError(KonductorError):
@@ -137,3 +157,11 @@ class LostError(KonductorError):
 
 class SemaphoreLost(LostError):
     """A semaphore permit was lost while held."""
+
+
+class LeaseLost(LostError):
+    """Leadership (a Lease) was lost while held."""
+
+
+class MutexLost(LostError):
+    """A mutex (or read-write mutex) lock was lost while held."""

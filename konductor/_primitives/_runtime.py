@@ -8,6 +8,14 @@ from konductor._primitives._renewal import Renewer
 from konductor._store._base import Store
 from konductor._store._kinds import Kind
 
+DEFAULT_TTL = 15.0
+
+
+class HasRuntime:
+    """Base of the client mixins: each primitive family's methods use ``self._rt``."""
+
+    _rt: Runtime
+
 
 class Runtime:
     """Shared state of one client (one per process and event loop)."""

@@ -30,7 +30,7 @@ from konductor._primitives import _validate as check
 from konductor._primitives._clock import micro_time
 from konductor._primitives._hub import Hub, entries_of
 from konductor._primitives._renewal import Entry
-from konductor._primitives._runtime import Runtime
+from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import SEMAPHORE
 
@@ -295,3 +295,64 @@ def make(rt: Runtime, name: str, permits: int | None, count: int, ttl: object) -
     if permits is not None and count > permits:
         raise InvalidArgument(f"count={count} is more than permits={permits}")
     return _Semaphore(rt, name, permits, count, check.ttl(ttl))
+
+
+class SemaphoreMethods(HasRuntime):
+    """The semaphore methods of :class:`konductor.Client`."""
+
+    # -- semaphore --------------------------------------------------------------------
+
+    def semaphore(
+        self,
+        name: str,
+        permits: int | None = None,
+        *,
+        count: int = 1,
+        ttl: object = DEFAULT_TTL,
+        timeout: object = None,
+    ) -> SemaphoreContext:
+        """``async with client.semaphore("payments-api", permits=3) as permit:``.
+
+        Created with ``permits`` if missing; if it exists the cluster's spec
+        wins (a mismatch is logged). Waiters are served first come, first served.
+
+        Raises:
+            InvalidArgument / InvalidName: bad arguments, before any API call.
+            AcquireTimeout: no permit within ``timeout`` seconds.
+            SemaphoreLost: (on exit) the permit was lost while the body ran;
+                the body was cancelled.
+        """
+        sem = make(self._rt, name, permits, count, ttl)
+        return SemaphoreContext(sem, check.timeout(timeout))
+
+    async def acquire_semaphore(
+        self,
+        name: str,
+        permits: int | None = None,
+        *,
+        count: int = 1,
+        ttl: object = DEFAULT_TTL,
+        timeout: object = None,
+    ) -> Permit:
+        """Acquire and return a :class:`Permit`; call ``await permit.release()``.
+
+        Raises:
+            InvalidArgument / InvalidName: bad arguments, before any API call.
+            AcquireTimeout: no permit within ``timeout`` seconds.
+        """
+        sem = make(self._rt, name, permits, count, ttl)
+        permit = await sem.acquire(check.timeout(timeout))
+        assert permit is not None
+        return permit
+
+    async def try_acquire_semaphore(
+        self,
+        name: str,
+        permits: int | None = None,
+        *,
+        count: int = 1,
+        ttl: object = DEFAULT_TTL,
+    ) -> Permit | None:
+        """A permit if one is free and nobody is queued ahead, else ``None`` (no wait)."""
+        sem = make(self._rt, name, permits, count, ttl)
+        return await sem.acquire(0, blocking=False)
