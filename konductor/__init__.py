@@ -33,6 +33,7 @@ from konductor._errors import (
     WaitTimeout,
 )
 from konductor._names import validate_name
+from konductor._primitives._mutex import Lock
 from konductor._primitives._semaphore import Permit
 from konductor._store._kubernetes import KubernetesStore
 from konductor._store._memory import MemoryStore
@@ -54,6 +55,7 @@ __all__ = (
     "KonductorError",
     "KubernetesStore",
     "LeaseLost",
+    "Lock",
     "LostError",
     "MemoryStore",
     "MutexLost",

@@ -14,6 +14,7 @@ from types import TracebackType
 
 from konductor._names import validate_namespace
 from konductor._primitives._clock import Clock, SystemClock
+from konductor._primitives._mutex import MutexMethods
 from konductor._primitives._runtime import Runtime
 from konductor._primitives._semaphore import SemaphoreMethods
 from konductor._store._base import Store
@@ -29,6 +30,7 @@ class Client(
     # Each primitive family adds its methods through a mixin that uses
     # ``self._rt`` (the Runtime); one base per line.
     SemaphoreMethods,
+    MutexMethods,
 ):
     """Cluster-wide coordination primitives, async API.
 

@@ -27,6 +27,7 @@ def test_top_level_exports_are_pinned() -> None:
             "KonductorError",
             "KubernetesStore",
             "LeaseLost",
+            "Lock",
             "LostError",
             "MemoryStore",
             "MutexLost",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from konductor._primitives import _semaphore_state as s
+from konductor._primitives import _queue_state as s
 from konductor._primitives._expiry import ExpiryTracker
 
 W = "2026-11-26T00:00:00.000000Z"
@@ -15,7 +15,7 @@ def req(i: str, count: int = 1) -> s.Request:
 
 
 def apply(status: dict, permits: int, r: s.Request, stale: set[str] = frozenset()) -> s.Outcome:  # type: ignore[assignment, type-arg]
-    out = s.acquire(status, permits, r, stale, W)
+    out = s.acquire(status, {"permits": permits}, r, stale, W, s.SEMAPHORE)
     return out
 
 
@@ -34,7 +34,7 @@ def test_grants_until_full_then_queues_in_order() -> None:
     assert (status["inUse"], status["waiting"]) == (2, 1)
     # Re-evaluating while still full writes nothing.
     assert apply(status, 2, req("c")).status is None
-    status = s.release(status, {"a"}, set()).status  # type: ignore[assignment]
+    status = s.release(status, {"a"}, set(), s.SEMAPHORE).status  # type: ignore[assignment]
     out = apply(status, 2, req("c"))
     assert out.granted is not None
     assert out.status is not None
@@ -51,8 +51,11 @@ def test_fifo_no_barging_and_head_of_line() -> None:
     status = out.status  # type: ignore[assignment]
     assert [q["id"] for q in status["queue"]] == ["big", "small"]
     # A non-blocking try never barges ahead of the queue and leaves no ticket.
-    assert s.acquire(status, 3, req("try"), set(), W, enqueue=False).status is None
-    status = s.release(status, {"a"}, set()).status  # type: ignore[assignment]
+    assert (
+        s.acquire(status, {"permits": 3}, req("try"), set(), W, s.SEMAPHORE, enqueue=False).status
+        is None
+    )
+    status = s.release(status, {"a"}, set(), s.SEMAPHORE).status  # type: ignore[assignment]
     assert apply(status, 3, req("small")).granted is None  # big is still ahead
     status = apply(status, 3, req("big")).status  # type: ignore[assignment]
     assert [h["id"] for h in status["holders"]] == ["big"]
@@ -68,7 +71,7 @@ def test_tokens_strictly_increase_and_grants_are_idempotent() -> None:
         again = apply(out.status, 1, req(str(i)))  # type: ignore[arg-type]
         assert again.status is None
         assert again.granted == out.granted
-        status = s.release(out.status, {str(i)}, set()).status  # type: ignore[arg-type, assignment]
+        status = s.release(out.status, {str(i)}, set(), s.SEMAPHORE).status  # type: ignore[arg-type, assignment]
     assert tokens == sorted(tokens)
     assert len(set(tokens)) == 5
 
@@ -84,11 +87,11 @@ def test_stale_entries_are_purged_and_free_their_permits() -> None:
 
 def test_release_is_idempotent_and_renew_reports_missing() -> None:
     status: dict = apply({}, 2, req("a")).status  # type: ignore[assignment, type-arg]
-    released = s.release(status, {"a"}, set()).status
+    released = s.release(status, {"a"}, set(), s.SEMAPHORE).status
     assert released is not None
     assert released["inUse"] == 0
-    assert s.release(released, {"a"}, set()).status is None
-    out, missing = s.renew(status, {"a", "gone"}, W)
+    assert s.release(released, {"a"}, set(), s.SEMAPHORE).status is None
+    out, missing = s.renew(status, {"a", "gone"}, W, s.SEMAPHORE)
     assert missing == {"gone"}
     assert out.status is not None
     assert out.status["holders"][0]["renewals"] == 1
@@ -101,7 +104,11 @@ def test_never_over_admits_in_any_interleaving() -> None:
     for seq in itertools.product(ops, repeat=5):
         status: dict = {}  # type: ignore[type-arg]
         for op, i in seq:
-            out = apply(status, 2, req(i)) if op == "acq" else s.release(status, {i}, set())
+            out = (
+                apply(status, 2, req(i))
+                if op == "acq"
+                else s.release(status, {i}, set(), s.SEMAPHORE)
+            )
             if out.status is not None:
                 status = out.status
             assert sum(h["count"] for h in status.get("holders", [])) <= 2
@@ -118,3 +125,56 @@ def test_expiry_is_judged_on_the_observers_clock() -> None:
     assert tracker.stale([renewed], 1014.0) == set()
     assert tracker.stale([renewed], 1015.0) == {"a"}
     assert tracker.expires_at({"id": "unseen", "ttlSeconds": 1}) == float("inf")
+
+
+def rw(i: str, mode: str) -> s.Request:
+    return s.Request(i, f"holder-{i}", 1, 10.0, mode)
+
+
+def rw_apply(status: dict, r: s.Request) -> s.Outcome:  # type: ignore[type-arg]
+    return s.acquire(status, {}, r, set(), W, s.RWMUTEX)
+
+
+def test_rwmutex_many_readers_or_one_writer_in_every_interleaving() -> None:
+    """Every sequence of 5 operations by 2 readers and 2 writers is exclusive."""
+    reqs = [rw("r1", s.READ), rw("r2", s.READ), rw("w1", s.WRITE), rw("w2", s.WRITE)]
+    ops = [("acq", r) for r in reqs] + [("rel", r) for r in reqs]
+    for seq in itertools.product(ops, repeat=5):
+        status: dict = {}  # type: ignore[type-arg]
+        for op, r in seq:
+            if op == "acq":
+                out = rw_apply(status, r)
+            else:
+                out = s.release(status, {r.id}, set(), s.RWMUTEX)
+            if out.status is not None:
+                status = out.status
+            modes = [h["mode"] for h in status.get("holders", [])]
+            assert s.WRITE not in modes or modes == [s.WRITE]
+
+
+def test_rwmutex_prefers_writers() -> None:
+    status: dict = rw_apply({}, rw("r1", s.READ)).status  # type: ignore[assignment, type-arg]
+    status = rw_apply(status, rw("r2", s.READ)).status  # readers share
+    assert status["readers"] == 2
+    status = rw_apply(status, rw("w", s.WRITE)).status  # the writer queues
+    assert status["waiting"] == 1
+    late_reader = rw_apply(status, rw("r3", s.READ))
+    assert late_reader.granted is None  # no new reader overtakes the waiting writer
+    status = late_reader.status  # type: ignore[assignment]
+    status = s.release(status, {"r1", "r2"}, set(), s.RWMUTEX).status  # type: ignore[assignment]
+    assert rw_apply(status, rw("r3", s.READ)).granted is None  # still behind the writer
+    out = rw_apply(status, rw("w", s.WRITE))
+    assert out.granted is not None
+    assert out.status is not None
+    assert out.status["writer"] == "holder-w"
+
+
+def test_mutex_is_exclusive_and_fifo() -> None:
+    status: dict = s.acquire({}, {}, req("a"), set(), W, s.MUTEX).status  # type: ignore[assignment, type-arg]
+    assert status["holder"] == "holder-a"
+    status = s.acquire(status, {}, req("b"), set(), W, s.MUTEX).status  # type: ignore[assignment]
+    status = s.acquire(status, {}, req("c"), set(), W, s.MUTEX).status  # type: ignore[assignment]
+    assert status["waiting"] == 2
+    status = s.release(status, {"a"}, set(), s.MUTEX).status  # type: ignore[assignment]
+    assert s.acquire(status, {}, req("c"), set(), W, s.MUTEX).granted is None
+    assert s.acquire(status, {}, req("b"), set(), W, s.MUTEX).granted is not None

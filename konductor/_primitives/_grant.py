@@ -1,0 +1,127 @@
+"""A held grant and the ``async with`` guard around it, shared by every primitive.
+
+A grant is kept alive by a renewal :class:`Entry`. If it is lost while held,
+the guard cancels the body it protects and its exit raises the primitive's
+:class:`LostError` subclass, chained to the cancellation: never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from konductor._errors import LostError
+from konductor._primitives._renewal import Entry
+
+log = logging.getLogger("konductor")
+
+
+class Grant:
+    """Something held: a permit, a lock, leadership, a once-run.
+
+    ``token`` is the fencing token (strictly increasing per object), ``lost``
+    is set when the grant is lost while held.
+    """
+
+    lost_error: type[LostError] = LostError
+    what = "grant"
+
+    def __init__(
+        self, name: str, token: int, entry: Entry, release: Callable[[Entry], Awaitable[None]]
+    ) -> None:
+        self.name = name
+        self.token = token
+        self._entry = entry
+        self._release = release
+        self.id = entry.id
+        self.released = False
+
+    @property
+    def lost(self) -> asyncio.Event:
+        return self._entry.lost
+
+    @property
+    def is_lost(self) -> bool:
+        return self._entry.lost.is_set()
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._entry.lost_reason
+
+    def _describe(self) -> str:
+        return f"{self.what} {self.name!r} (token {self.token})"
+
+    def ensure_held(self) -> None:
+        """Raise the primitive's :class:`LostError` if the grant was lost or released."""
+        if self._entry.lost_reason is not None:
+            raise self.lost_error(f"{self._describe()} was lost: {self._entry.lost_reason}")
+        if self.released:
+            raise self.lost_error(f"{self._describe()} was released")
+
+    async def release(self) -> None:
+        """Give the grant back. Idempotent; never raises for a grant already gone."""
+        if self.released:
+            return
+        self.released = True
+        await self._release(self._entry)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} token={self.token}>"
+
+
+G = TypeVar("G", bound=Grant)
+
+
+class Guarded(Generic[G]):
+    """``async with``: obtain a grant, cancel the body if it is lost, release on exit.
+
+    Raises (on exit):
+        LostError subclass: the grant was lost while the body ran; the body was
+            cancelled.
+    """
+
+    def __init__(self, obtain: Callable[[], Awaitable[G]]) -> None:
+        self._obtain = obtain
+        self._grant: G | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelled_by_us = False
+
+    async def __aenter__(self) -> G:
+        grant = await self._obtain()
+        self._grant = grant
+        self._task = asyncio.current_task()
+        grant._entry.on_lost.append(self._on_lost)
+        if grant.is_lost:  # lost before we could watch for it
+            self._on_lost(grant.lost_reason or "lost")
+        return grant
+
+    def _on_lost(self, reason: str) -> None:
+        if self._task is not None and not self._task.done():
+            self._cancelled_by_us = True
+            self._task.cancel(f"konductor: lost: {reason}")
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        grant = self._grant
+        assert grant is not None
+        with contextlib.suppress(ValueError):
+            grant._entry.on_lost.remove(self._on_lost)
+        try:
+            await asyncio.shield(grant.release())
+        except Exception:
+            log.warning("could not release %s; it expires after its TTL", grant._describe())
+        if grant.is_lost:
+            if self._cancelled_by_us and self._task is not None:
+                self._task.uncancel()
+            raise grant.lost_error(
+                f"{grant._describe()} was lost while held: {grant.lost_reason}; "
+                "the guarded block was cancelled"
+            ) from exc

@@ -1,0 +1,209 @@
+"""The engine of queued grants: semaphore, mutex and read-write mutex.
+
+Every decision is a pure transition from :mod:`._queue_state` applied by
+compare-and-swap through the object's :class:`Hub`. This module adds the
+waiting (watch-driven, waking at the earliest moment a blocking entry could
+expire on this observer's clock), the renewal of queue tickets and grants, and
+the clean-up that makes a cancelled or timed-out acquire leave no ticket and
+no grant behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from konductor._errors import AcquireTimeout, AlreadyExists, NotFound
+from konductor._primitives import _queue_state as state
+from konductor._primitives._clock import micro_time
+from konductor._primitives._grant import Grant
+from konductor._primitives._hub import Hub, entries_of
+from konductor._primitives._renewal import Entry
+from konductor._primitives._runtime import Runtime
+from konductor._store._base import JSON, StoredObject
+from konductor._store._kinds import Kind
+
+ENTRIES = entries_of("holders", "queue")
+G = TypeVar("G", bound=Grant)
+
+
+class Queued(Generic[G]):
+    """One acquisition site: a (kind, name) with a policy, a request shape and a grant type.
+
+    ``create_spec`` is the spec to create the object with when it is missing
+    (``None``: a missing object is an error, ``missing_hint`` says how to fix
+    it); ``check(obj)`` validates the request against the cluster's spec.
+    """
+
+    def __init__(
+        self,
+        rt: Runtime,
+        kind: Kind,
+        name: str,
+        policy: state.Policy,
+        make_grant: Callable[[Queued[G], Entry, JSON], G],
+        *,
+        count: int,
+        ttl: float,
+        mode: str = state.EXCLUSIVE,
+        create_spec: JSON | None = None,
+        missing_hint: str = "",
+        check: Callable[[StoredObject], None] | None = None,
+        noun: str = "",
+    ) -> None:
+        self.rt = rt
+        self.kind = kind
+        self.name = name
+        self.policy = policy
+        self.make_grant = make_grant
+        self.count = count
+        self.ttl = ttl
+        self.mode = mode
+        self.create_spec = create_spec
+        self.missing_hint = missing_hint
+        self.check = check
+        self.noun = noun or kind.kind.lower()
+        self.hub: Hub = rt.hub(kind, name, ENTRIES)
+
+    async def ensure(self) -> StoredObject:
+        """The object, created with ``create_spec`` if it does not exist."""
+        obj = await self.hub.current()
+        while obj is None:
+            if self.create_spec is None:
+                raise NotFound(
+                    f"{self.noun} {self.name!r} does not exist in namespace "
+                    f"{self.rt.store.namespace!r}; {self.missing_hint}"
+                )
+            try:
+                obj = await self.rt.store.create(self.kind, self.name, self.create_spec)
+                self.hub.observe(obj)
+            except AlreadyExists:
+                obj = await self.hub.refresh()
+        if self.check is not None:
+            self.check(obj)
+        return obj
+
+    def _decide(
+        self, req: state.Request, enqueue: bool
+    ) -> Callable[[StoredObject], tuple[JSON | None, JSON | None]]:
+        def decide(obj: StoredObject) -> tuple[JSON | None, JSON | None]:
+            stale = self.hub.stale(obj)
+            stale.discard(req.id)
+            wall = micro_time(self.rt.clock.wall())
+            out = state.acquire(
+                obj.status, obj.spec, req, stale, wall, self.policy, enqueue=enqueue
+            )
+            return out.status, out.granted
+
+        return decide
+
+    def _entry(self, req_id: str) -> Entry:
+        def renew(status: JSON, ids: set[str], wall: str) -> tuple[JSON | None, set[str]]:
+            outcome, missing = state.renew(status, ids, wall, self.policy)
+            return outcome.status, missing
+
+        return Entry(
+            self.hub,
+            req_id,
+            self.ttl,
+            renew,
+            sent_at=self.rt.clock.monotonic(),
+            drop=lambda: self._remove(req_id),
+        )
+
+    def _describe(self, obj: StoredObject) -> str:
+        summary = self.policy.summary(
+            list(obj.status.get("holders") or []), list(obj.status.get("queue") or [])
+        )
+        return ", ".join(f"{k}={v}" for k, v in summary.items())
+
+    async def acquire(self, timeout: float | None, *, blocking: bool = True) -> G | None:
+        """Wait (watch-driven) for the grant; ``None`` for a failed non-blocking try.
+
+        Raises:
+            AcquireTimeout: not granted within ``timeout``; nothing is left behind.
+            NotFound: the object is missing and cannot be created.
+        """
+        await self.ensure()
+        clock = self.rt.clock
+        deadline = None if timeout is None else clock.monotonic() + timeout
+        req = state.Request(uuid.uuid4().hex, self.rt.identity, self.count, self.ttl, self.mode)
+        entry = self._entry(req.id)
+
+        def sent() -> None:
+            entry.sent_at = clock.monotonic()
+
+        registered = watching = refreshed = False
+        try:
+            while True:
+                seen = self.hub.changes
+                grant, obj = await self.hub.update(self._decide(req, blocking), on_sent=sent)
+                if grant is not None:
+                    if entry.lost_reason is not None:  # the ticket's entry, lost meanwhile
+                        sent_at = entry.sent_at
+                        entry = self._entry(req.id)
+                        entry.sent_at = sent_at
+                        registered = False
+                    if not registered:
+                        self.rt.renewer.add(entry)
+                    return self.make_grant(self, entry, grant)
+                if not blocking:
+                    if not refreshed and self.hub.changes == seen:
+                        # Decided on a cached object that wrote nothing, so no CAS
+                        # could tell it was stale: read once and decide again.
+                        refreshed = True
+                        await self.hub.refresh()
+                        continue
+                    return None
+                if not registered:  # our queue ticket is renewed while we wait
+                    self.rt.renewer.add(entry)
+                    registered = True
+                if not watching:
+                    self.hub.retain_watch()
+                    watching = True
+                now = clock.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise AcquireTimeout(
+                        f"{self.noun} {self.name!r}: not granted within {timeout:g}s "
+                        f"({self._describe(obj)})"
+                    )
+                wake = min(
+                    (
+                        self.hub.tracker.expires_at(e)
+                        for e in state.blocking_entries(obj.status, req.id)
+                    ),
+                    default=float("inf"),
+                )
+                if deadline is not None:
+                    wake = min(wake, deadline)
+                if entry.lost_reason is not None:  # our ticket was dropped: queue again
+                    entry = self._entry(req.id)
+                    self.rt.renewer.add(entry)
+                await self.hub.wait_change(seen, None if wake == float("inf") else wake)
+        except BaseException:
+            self.rt.renewer.remove(entry)
+            # Leave nothing behind: no ticket, and no grant a write may have made
+            # even if its response never reached us. Shielded, so that a second
+            # cancellation cannot interrupt the clean-up.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._remove(req.id))
+            raise
+        finally:
+            if watching:
+                self.hub.release_watch()
+
+    async def _remove(self, req_id: str) -> None:
+        def decide(obj: StoredObject) -> tuple[JSON | None, None]:
+            return state.release(
+                obj.status, {req_id}, self.hub.stale(obj), self.policy
+            ).status, None
+
+        with contextlib.suppress(NotFound):
+            await self.hub.update(decide)
+
+    async def release(self, entry: Entry) -> None:
+        self.rt.renewer.remove(entry)
+        await self._remove(entry.id)
