@@ -148,7 +148,9 @@ class Renewer:
             sent = self._clock.monotonic()
 
         def decide(obj: StoredObject) -> tuple[JSON | None, set[str]]:
-            return renew(obj.status, ids, micro_time(self._clock.wall()))
+            # A kind without a status (a Lease) keeps its state in its spec.
+            state = obj.status if hub.kind.has_status else obj.spec
+            return renew(state, ids, micro_time(self._clock.wall()))
 
         try:
             missing, _ = await hub.update(decide, on_sent=mark_sent)
