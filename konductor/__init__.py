@@ -10,6 +10,8 @@ Kubernetes client until a Kubernetes store is first used.
 """
 
 from konductor._client import Client
+from konductor._decorators import with_mutex, with_semaphore
+from konductor._defaults import configure
 from konductor._errors import (
     AcquireTimeout,
     AlreadyExists,
@@ -35,6 +37,7 @@ from konductor._errors import (
 from konductor._names import validate_name
 from konductor._primitives._mutex import Lock
 from konductor._primitives._semaphore import Permit
+from konductor._sync import SyncClient, SyncGrant, SyncGuard
 from konductor._store._kubernetes import KubernetesStore
 from konductor._store._memory import MemoryStore
 
@@ -65,7 +68,13 @@ __all__ = (
     "SemaphoreLost",
     "StoreError",
     "StoreUnavailable",
+    "SyncClient",
+    "SyncGrant",
+    "SyncGuard",
     "WaitTimeout",
     "__version__",
+    "configure",
     "validate_name",
+    "with_mutex",
+    "with_semaphore",
 )

@@ -14,6 +14,8 @@ from konductor.manifests import install_crds
 from konductor.store import KubernetesStore
 from konductor.testing.apiserver import ExternalCluster, LocalApiServer, test_environment
 
+pytest_plugins = ("pytester",)
+
 # --- Kubernetes test environment (konductor.testing.apiserver) --------------------
 # One real API server for the whole session, started on first use: a private
 # kube-apiserver + etcd on loopback (LocalApiServer), or the cluster named by

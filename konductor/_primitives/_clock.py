@@ -101,7 +101,12 @@ class FakeClock:
         return event.is_set()
 
     async def advance(self, seconds: float) -> None:
-        """Move time forward, firing due timers in order and letting their tasks run."""
+        """Move time forward, firing due timers in order and letting their tasks run.
+
+        Tasks that are ready run first, at the current time (so a waiter started
+        just before sees the state "now"), then each due timer fires in order.
+        """
+        await settle()
         target = self._now + seconds
         while True:
             pending = sorted(

@@ -85,13 +85,13 @@ class Guarded(Generic[G]):
     """
 
     def __init__(self, obtain: Callable[[], Awaitable[G]]) -> None:
-        self._obtain = obtain
+        self.obtain = obtain  # the unguarded acquisition (the sync facade guards on its own)
         self._grant: G | None = None
         self._task: asyncio.Task[Any] | None = None
         self._cancelled_by_us = False
 
     async def __aenter__(self) -> G:
-        grant = await self._obtain()
+        grant = await self.obtain()
         self._grant = grant
         self._task = asyncio.current_task()
         grant._entry.on_lost.append(self._on_lost)

@@ -3,10 +3,30 @@
 - :class:`FakeClock`: pass ``Client(store, clock=FakeClock())`` and move time
   with ``await clock.advance(seconds)`` to test expiry, renewal deadlines and
   loss without sleeping.
+- :func:`memory_client` / :func:`memory_sync_client`: clients on a fresh
+  in-memory store, for unit tests of code that uses konductor.
+- the pytest plugin (:mod:`konductor.testing.plugin`, registered automatically):
+  fixtures ``konductor_client``, ``konductor_sync_client``, ``konductor_clock``.
 - :mod:`konductor.testing.apiserver`: a real kube-apiserver + etcd on loopback
   (imported on demand; it is not loaded by this package).
 """
 
-from konductor._primitives._clock import FakeClock
+from konductor._client import Client
+from konductor._primitives._clock import Clock, FakeClock
+from konductor._store._memory import MemoryStore
+from konductor._sync import SyncClient
 
-__all__ = ("FakeClock",)
+
+def memory_client(
+    *, namespace: str = "default", identity: str | None = None, clock: Clock | None = None
+) -> Client:
+    """An async client on a fresh in-memory store (one event loop, one process)."""
+    return Client(MemoryStore(namespace), identity=identity, clock=clock)
+
+
+def memory_sync_client(*, namespace: str = "default", identity: str | None = None) -> SyncClient:
+    """A blocking client on a fresh in-memory store of its own."""
+    return SyncClient(lambda: MemoryStore(namespace), identity=identity)
+
+
+__all__ = ("FakeClock", "memory_client", "memory_sync_client")

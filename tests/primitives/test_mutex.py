@@ -120,7 +120,7 @@ async def test_a_waiting_writer_is_not_starved_by_new_readers(clients: Clients) 
 async def test_a_lock_taken_away_is_lost_loudly(clients: Clients, backend: Backend) -> None:
     client = clients()
     body_cancelled = False
-    with pytest.raises(MutexLost, match="removed"):  # noqa: PT012
+    with pytest.raises(MutexLost, match="removed"):
         async with client.mutex("lose", ttl=3) as lock:
             # Another client judged us dead and removed our entry: our next
             # renewal (about ttl/3 later) finds it gone.

@@ -30,7 +30,7 @@ async def test_unrenewable_permit_cancels_the_body_and_exit_raises(
     try:
         async with Client(store) as client, Client(other) as rival:
             loop = asyncio.get_running_loop()
-            with pytest.raises(SemaphoreLost) as info:  # noqa: PT012
+            with pytest.raises(SemaphoreLost) as info:
                 async with client.semaphore("fragile", permits=1, ttl=2) as permit:
                     proxy.refusing = True
                     proxy.sever()  # the API server is now unreachable for this holder

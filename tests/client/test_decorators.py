@@ -1,0 +1,194 @@
+"""The decorators on every kind of callable, on memory and the real API server."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from konductor import InvalidArgument, InvalidName, MemoryStore
+from konductor._client import Client
+from konductor._decorators import with_mutex, with_semaphore
+from konductor._defaults import configure, default_client, default_sync_client
+from konductor._sync import SyncClient
+from konductor.store import KubernetesStore
+from tests.store.conftest import fresh_namespace
+
+
+@pytest.fixture(autouse=True)
+def memory_default() -> Iterator[None]:
+    configure(store=MemoryStore)
+    yield
+    configure()
+
+
+def held_async(name: str) -> Any:
+    async def check() -> bool:
+        return await default_client().try_acquire_semaphore(name) is None
+
+    return check()
+
+
+def held_sync(name: str) -> bool:
+    return default_sync_client().try_acquire_semaphore(name) is None
+
+
+@with_semaphore("plain-async", permits=1)
+async def plain_async(x: int, *, y: int = 2) -> int:
+    assert await held_async("plain-async")
+    return x + y
+
+
+@with_semaphore("plain-sync", permits=1)
+def plain_sync(x: int, *, y: int = 2) -> int:
+    assert held_sync("plain-sync")
+    return x + y
+
+
+class Service:
+    factor = 10
+
+    @with_semaphore("method-sync", permits=1)
+    def method(self, x: int) -> int:
+        assert held_sync("method-sync")
+        return x * self.factor
+
+    @with_semaphore("method-async", permits=1)
+    async def amethod(self, x: int) -> int:
+        assert await held_async("method-async")
+        return x * self.factor
+
+    @with_semaphore("class-sync", permits=1)
+    @classmethod
+    def cmethod(cls, x: int) -> int:
+        assert held_sync("class-sync")
+        return x * cls.factor
+
+    @with_semaphore("class-async", permits=1)
+    @classmethod
+    async def acmethod(cls, x: int) -> int:
+        assert await held_async("class-async")
+        return x * cls.factor
+
+    @with_mutex("static-sync")
+    @staticmethod
+    def smethod(x: int) -> int:
+        return x + 1
+
+    @with_mutex("static-async")
+    @staticmethod
+    async def asmethod(x: int) -> int:
+        return x + 2
+
+
+async def test_async_callables_hold_the_grant_while_running() -> None:
+    assert await plain_async(1, y=3) == 4
+    assert await Service().amethod(2) == 20
+    assert await Service.acmethod(3) == 30
+    assert await Service.asmethod(1) == 3
+    # Released afterwards.
+    assert await default_client().try_acquire_semaphore("plain-async") is not None
+
+
+def test_sync_callables_hold_the_grant_while_running() -> None:
+    assert plain_sync(1, y=3) == 4
+    assert Service().method(2) == 20
+    assert Service.cmethod(3) == 30
+    assert Service.smethod(1) == 2
+    assert default_sync_client().try_acquire_semaphore("plain-sync") is not None
+
+
+def test_metadata_is_preserved() -> None:
+    assert inspect.iscoroutinefunction(plain_async)
+    assert not inspect.iscoroutinefunction(plain_sync)
+    assert inspect.iscoroutinefunction(Service().amethod)
+    assert inspect.iscoroutinefunction(Service.acmethod)
+    assert str(inspect.signature(plain_async)) == "(x: 'int', *, y: 'int' = 2) -> 'int'"
+    assert plain_sync.__wrapped__.__name__ == "plain_sync"  # type: ignore[attr-defined]
+    assert plain_sync.__name__ == "plain_sync"
+    assert plain_sync.__doc__ is None
+
+
+async def test_exceptions_propagate_and_release() -> None:
+    @with_semaphore("boom", permits=1)
+    async def boom() -> None:
+        raise ValueError("inner")
+
+    with pytest.raises(ValueError, match="inner"):
+        await boom()
+    assert await default_client().try_acquire_semaphore("boom") is not None
+
+
+def test_bad_arguments_fail_at_decoration_time() -> None:
+    with pytest.raises(InvalidName):
+        with_semaphore("Bad_Name", permits=1)
+    with pytest.raises(InvalidArgument, match="permits must be at least 1"):
+        with_semaphore("x", permits=0)
+    with pytest.raises(InvalidArgument, match="ttl must be positive"):
+        with_mutex("x", ttl=-1)
+
+
+async def test_the_wrong_kind_of_client_is_a_clear_error() -> None:
+    sync = SyncClient(MemoryStore)
+
+    @with_semaphore("wrong", permits=1, client=sync)
+    async def f() -> None:
+        pass
+
+    with pytest.raises(InvalidArgument, match="SyncClient"):
+        await f()
+    sync.close()
+
+    @with_semaphore("wrong", permits=1, client=Client(MemoryStore()))
+    def g() -> None:
+        pass
+
+    with pytest.raises(InvalidArgument, match="async"):
+        g()
+
+
+@pytest.mark.kubernetes
+def test_a_long_sync_function_keeps_its_permit(kube_crds: Any) -> None:
+    ns = fresh_namespace(kube_crds)
+
+    def store() -> KubernetesStore:
+        return KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
+
+    configure(store=store)
+    other = SyncClient(store)
+    seen: list[bool] = []
+
+    @with_semaphore("long-job", permits=1, ttl=1.5)
+    def job() -> str:
+        for _ in range(5):  # 5 s: more than 3 TTLs
+            time.sleep(1)
+            seen.append(other.try_acquire_semaphore("long-job", ttl=1.5) is None)
+        return "done"
+
+    assert job() == "done"
+    assert seen == [True] * 5  # nobody else could enter at any point
+    assert other.try_acquire_semaphore("long-job", ttl=1.5) is not None
+    other.close()
+
+
+@pytest.mark.kubernetes
+async def test_async_decorator_on_the_real_server(kube_crds: Any) -> None:
+    ns = fresh_namespace(kube_crds)
+    configure(store=lambda: KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig))
+    inside = peak = 0
+
+    @with_semaphore("async-job", permits=2, timeout=60)
+    async def job() -> None:
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        await asyncio.sleep(0.05)
+        inside -= 1
+
+    await asyncio.gather(*(job() for _ in range(8)))
+    assert peak == 2
+    await default_client().close()

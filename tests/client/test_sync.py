@@ -1,0 +1,139 @@
+"""The blocking facade, on the memory store and the real API server."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from konductor import AcquireTimeout, MemoryStore, SemaphoreLost
+from konductor._sync import SyncClient
+from konductor.store import SEMAPHORE, KubernetesStore
+from tests.store.conftest import fresh_namespace
+
+
+def test_sync_semaphore_on_memory() -> None:
+    with SyncClient(MemoryStore) as client:
+        with client.semaphore("s", permits=1) as permit:
+            assert permit.token == 1
+            permit.ensure_held()
+            assert client.try_acquire_semaphore("s") is None
+            with pytest.raises(AcquireTimeout):
+                client.acquire_semaphore("s", timeout=0.2)
+        again = client.acquire_semaphore("s")
+        assert again.token == 2
+        again.release()
+        again.release()  # idempotent
+        with client.mutex("m") as lock:
+            assert lock.grant.mode == "exclusive"
+
+
+def test_closed_client_refuses_calls() -> None:
+    client = SyncClient(MemoryStore)
+    client.acquire_semaphore("s", permits=1)
+    client.close()
+    client.close()
+    with pytest.raises(Exception, match="closed"):
+        client.acquire_semaphore("s")
+
+
+@pytest.fixture
+def kube_ns(kube_crds: Any) -> tuple[Any, str]:
+    return kube_crds, fresh_namespace(kube_crds)
+
+
+def factory(env: Any, ns: str) -> Any:
+    return lambda: KubernetesStore(ns, kubeconfig=env.admin_kubeconfig)
+
+
+@pytest.mark.kubernetes
+def test_renewals_run_while_sync_code_runs(kube_ns: tuple[Any, str]) -> None:
+    env, ns = kube_ns
+    with SyncClient(factory(env, ns)) as a, SyncClient(factory(env, ns)) as b:
+        with a.semaphore("long", permits=1, ttl=1.5) as permit:
+            time.sleep(5)  # blocking work for more than 3 TTLs
+            permit.ensure_held()
+            assert b.try_acquire_semaphore("long", ttl=1.5) is None
+        assert b.try_acquire_semaphore("long", ttl=1.5) is not None
+
+
+@pytest.mark.kubernetes
+def test_threads_share_one_sync_client_safely(kube_ns: tuple[Any, str]) -> None:
+    env, ns = kube_ns
+    inside = peak = 0
+    guard = threading.Lock()
+    with SyncClient(factory(env, ns)) as client:
+
+        def work() -> None:
+            nonlocal inside, peak
+            for _ in range(3):
+                with client.semaphore("threads", permits=2, timeout=60):
+                    with guard:
+                        inside += 1
+                        peak = max(peak, inside)
+                    time.sleep(0.02)
+                    with guard:
+                        inside -= 1
+
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert peak == 2
+
+
+@pytest.mark.kubernetes
+def test_a_lost_grant_makes_ensure_held_and_exit_raise(kube_ns: tuple[Any, str]) -> None:
+    env, ns = kube_ns
+
+    def remove_holders() -> None:
+        import asyncio
+
+        async def go() -> None:
+            async with KubernetesStore(ns, kubeconfig=env.admin_kubeconfig) as store:
+                obj = await store.get(SEMAPHORE, "taken")
+                status = {**obj.status, "holders": [], "inUse": 0}
+                await store.replace_status(SEMAPHORE, "taken", status, version=obj.version)
+
+        asyncio.run(go())
+
+    with (
+        SyncClient(factory(env, ns)) as client,
+        pytest.raises(SemaphoreLost),
+        client.semaphore("taken", permits=1, ttl=3) as permit,
+    ):
+        remove_holders()  # another client judged us dead
+        deadline = time.monotonic() + 30
+        while not permit.is_lost and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(SemaphoreLost):
+            permit.ensure_held()
+
+
+@pytest.mark.kubernetes
+def test_fork_parent_and_child_both_acquire(kube_ns: tuple[Any, str]) -> None:
+    env, ns = kube_ns
+    client = SyncClient(factory(env, ns))
+    parent_permit = client.acquire_semaphore("forked", permits=2)
+    parent_identity = client.identity
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh loop and client, never the parent's
+        code = 1
+        try:
+            assert client.identity != parent_identity
+            with client.semaphore("forked", timeout=30) as p:
+                assert p.token > parent_permit.token
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    parent_permit.ensure_held()  # the child did not release the parent's permit
+    parent_permit.release()
+    with client.semaphore("forked", timeout=30):
+        pass
+    client.close()
