@@ -13,10 +13,13 @@ import socket
 from types import TracebackType
 
 from konductor._names import validate_namespace
+from konductor._primitives._barrier import BarrierMethods
 from konductor._primitives._clock import Clock, SystemClock
+from konductor._primitives._gate import GateMethods
 from konductor._primitives._mutex import MutexMethods
 from konductor._primitives._runtime import Runtime
 from konductor._primitives._semaphore import SemaphoreMethods
+from konductor._primitives._waitgroup import WaitGroupMethods
 from konductor._store._base import Store
 
 
@@ -31,6 +34,9 @@ class Client(
     # ``self._rt`` (the Runtime); one base per line.
     SemaphoreMethods,
     MutexMethods,
+    BarrierMethods,
+    GateMethods,
+    WaitGroupMethods,
 ):
     """Cluster-wide coordination primitives, async API.
 
