@@ -17,6 +17,7 @@ from konductor._primitives._barrier import BarrierMethods
 from konductor._primitives._clock import Clock, SystemClock
 from konductor._primitives._gate import GateMethods
 from konductor._primitives._mutex import MutexMethods
+from konductor._primitives._once import OnceMethods
 from konductor._primitives._runtime import Runtime
 from konductor._primitives._semaphore import SemaphoreMethods
 from konductor._primitives._waitgroup import WaitGroupMethods
@@ -37,6 +38,7 @@ class Client(
     BarrierMethods,
     GateMethods,
     WaitGroupMethods,
+    OnceMethods,
 ):
     """Cluster-wide coordination primitives, async API.
 
