@@ -18,7 +18,6 @@ from konductor._primitives._clock import Clock, SystemClock
 from konductor._primitives._gate import GateMethods
 from konductor._primitives._mutex import MutexMethods
 from konductor._primitives._once import OnceMethods
-from konductor._primitives._once import OnceMethods
 from konductor._primitives._runtime import Runtime
 from konductor._primitives._semaphore import SemaphoreMethods
 from konductor._primitives._waitgroup import WaitGroupMethods
@@ -36,7 +35,6 @@ class Client(
     # ``self._rt`` (the Runtime); one base per line.
     SemaphoreMethods,
     MutexMethods,
-    OnceMethods,
     BarrierMethods,
     GateMethods,
     WaitGroupMethods,
