@@ -16,6 +16,7 @@ from konductor._names import validate_namespace
 from konductor._primitives._barrier import BarrierMethods
 from konductor._primitives._clock import Clock, SystemClock
 from konductor._primitives._gate import GateMethods
+from konductor._primitives._lease import LeaseMethods
 from konductor._primitives._mutex import MutexMethods
 from konductor._primitives._once import OnceMethods
 from konductor._primitives._runtime import Runtime
@@ -34,6 +35,7 @@ class Client(
     # Each primitive family adds its methods through a mixin that uses
     # ``self._rt`` (the Runtime); one base per line.
     SemaphoreMethods,
+    LeaseMethods,
     MutexMethods,
     BarrierMethods,
     GateMethods,
