@@ -137,6 +137,40 @@ def _finish(
     return new
 
 
+def _promote(
+    status: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    holders: list[JSON],
+    queue: list[JSON],
+    policy: Policy,
+) -> tuple[list[JSON], list[JSON], int]:
+    """Grant the queue's head tickets while the policy admits them.
+
+    The writer that frees capacity (a release, a purge of stale entries, a
+    grant that leaves permits over) hands it to the next waiters in the same
+    write, with their fencing tokens: a waiter finds its ticket among the
+    holders and owns the grant without a write of its own. Ticket and grant
+    share the waiter's id, so the renewal it already runs carries over.
+    """
+    token = int(status.get("nextToken", 1))
+    holders, queue = list(holders), list(queue)
+    while queue:
+        head = queue[0]
+        req = Request(
+            str(head.get("id")),
+            str(head.get("holder")),
+            int(head.get("count", 1)),
+            float(head.get("ttlSeconds", 0)),
+            str(head.get("mode", EXCLUSIVE)),
+        )
+        if not policy.can_grant(spec, holders, [], req):
+            break
+        holders.append({**head, "token": token})
+        queue.pop(0)
+        token += 1
+    return holders, queue, token
+
+
 def _entry(req: Request, wall: str) -> JSON:
     return {
         "id": req.id,
@@ -170,25 +204,44 @@ def acquire(
     queue = [q for q in old_queue if q.get("id") not in stale]
     purged = len(holders) != len(old_holders) or len(queue) != len(old_queue)
     for h in holders:
-        if h.get("id") == req.id:  # already granted (a retried write that succeeded)
-            return Outcome(_finish(status, holders, queue, policy) if purged else None, h)
+        if h.get("id") == req.id:
+            # Already granted: by a retried write that succeeded, or promoted
+            # from the queue by whoever freed the capacity.
+            if not purged:
+                return Outcome(None, h)
+            holders, queue, token = _promote(status, spec, holders, queue, policy)
+            new = _finish(status, holders, queue, policy)
+            new["nextToken"] = token
+            return Outcome(new, h)
     position = next((i for i, q in enumerate(queue) if q.get("id") == req.id), len(queue))
+    granted: JSON | None = None
     if policy.can_grant(spec, holders, queue[:position], req):
         token = int(status.get("nextToken", 1))
-        grant = {**_entry(req, wall), "token": token}
-        rest = [q for q in queue if q.get("id") != req.id]
-        new = _finish(status, [*holders, grant], rest, policy)
-        new["nextToken"] = token + 1
-        return Outcome(new, grant)
-    if position == len(queue) and enqueue:
-        return Outcome(_finish(status, holders, [*queue, _entry(req, wall)], policy))
-    return Outcome(_finish(status, holders, queue, policy) if purged else None)
+        granted = {**_entry(req, wall), "token": token}
+        holders = [*holders, granted]
+        queue = [q for q in queue if q.get("id") != req.id]
+        status = {**status, "nextToken": token + 1}
+    elif position == len(queue) and enqueue:
+        queue = [*queue, _entry(req, wall)]
+    elif not purged:
+        return Outcome(None)
+    holders, queue, token = _promote(status, spec, holders, queue, policy)
+    new = _finish(status, holders, queue, policy)
+    new["nextToken"] = token
+    return Outcome(new, granted)
 
 
 def release(
-    status: Mapping[str, Any], ids: Collection[str], stale: Collection[str], policy: Policy
+    status: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    ids: Collection[str],
+    stale: Collection[str],
+    policy: Policy,
 ) -> Outcome:
-    """Remove the holders and tickets ``ids``; ``None`` status if none were there."""
+    """Remove the holders and tickets ``ids`` (and stale entries), granting the next waiters.
+
+    ``None`` status if none of them were there.
+    """
     old_holders = _entries(status, "holders")
     old_queue = _entries(status, "queue")
     drop = set(ids) | set(stale)
@@ -196,7 +249,10 @@ def release(
     queue = [q for q in old_queue if q.get("id") not in drop]
     if len(holders) == len(old_holders) and len(queue) == len(old_queue):
         return Outcome(None)
-    return Outcome(_finish(status, holders, queue, policy))
+    holders, queue, token = _promote(status, spec, holders, queue, policy)
+    new = _finish(status, holders, queue, policy)
+    new["nextToken"] = token
+    return Outcome(new)
 
 
 def renew(

@@ -149,6 +149,9 @@ class Queued(Generic[G]):
                         registered = False
                     if not registered:
                         self.rt.renewer.add(entry)
+                    # Holders watch too: their cache stays current, so the
+                    # release that hands the grant on rarely loses its CAS.
+                    self.hub.retain_watch()
                     return self.make_grant(self, entry, grant)
                 if not blocking:
                     if not refreshed and self.hub.changes == seen:
@@ -197,13 +200,15 @@ class Queued(Generic[G]):
 
     async def _remove(self, req_id: str) -> None:
         def decide(obj: StoredObject) -> tuple[JSON | None, None]:
-            return state.release(
-                obj.status, {req_id}, self.hub.stale(obj), self.policy
-            ).status, None
+            stale = self.hub.stale(obj)
+            return state.release(obj.status, obj.spec, {req_id}, stale, self.policy).status, None
 
         with contextlib.suppress(NotFound):
             await self.hub.update(decide)
 
     async def release(self, entry: Entry) -> None:
         self.rt.renewer.remove(entry)
-        await self._remove(entry.id)
+        try:
+            await self._remove(entry.id)
+        finally:
+            self.hub.release_watch()

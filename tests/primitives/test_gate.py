@@ -275,7 +275,7 @@ async def test_missing_gate_status_and_cancelled_wait(clients: Clients, backend:
     with pytest.raises(asyncio.CancelledError):
         await task
     hubs = a._rt._hubs
-    assert all(h._watch_task is None for h in hubs.values())
+    assert all(h._watchers == 0 for h in hubs.values())
     assert (await backend.store.get(GATE, "ghost")).version == before.version
 
 

@@ -1,4 +1,4 @@
-"""The semaphore's pure transitions, exhaustively over small states."""
+"""Queued-grant transitions (semaphore, mutex, rwmutex), exhaustively over small states."""
 
 from __future__ import annotations
 
@@ -15,8 +15,18 @@ def req(i: str, count: int = 1) -> s.Request:
 
 
 def apply(status: dict, permits: int, r: s.Request, stale: set[str] = frozenset()) -> s.Outcome:  # type: ignore[assignment, type-arg]
-    out = s.acquire(status, {"permits": permits}, r, stale, W, s.SEMAPHORE)
-    return out
+    return s.acquire(status, {"permits": permits}, r, stale, W, s.SEMAPHORE)
+
+
+def free(status: dict, permits: int, *ids: str) -> dict:  # type: ignore[type-arg]
+    """Release ``ids`` from a semaphore of ``permits``; the new status."""
+    out = s.release(status, {"permits": permits}, set(ids), set(), s.SEMAPHORE)
+    assert out.status is not None
+    return out.status
+
+
+def holder_ids(status: dict) -> list[str]:  # type: ignore[type-arg]
+    return [h["id"] for h in status.get("holders", [])]
 
 
 def test_grants_until_full_then_queues_in_order() -> None:
@@ -34,11 +44,16 @@ def test_grants_until_full_then_queues_in_order() -> None:
     assert (status["inUse"], status["waiting"]) == (2, 1)
     # Re-evaluating while still full writes nothing.
     assert apply(status, 2, req("c")).status is None
-    status = s.release(status, {"a"}, set(), s.SEMAPHORE).status  # type: ignore[assignment]
+    # The release hands the freed permit to the head of the queue in the same write.
+    status = free(status, 2, "a")
+    assert holder_ids(status) == ["b", "c"]
+    assert status["queue"] == []
+    assert status["holders"][1]["token"] == 3
+    # c finds itself granted without writing.
     out = apply(status, 2, req("c"))
+    assert out.status is None
     assert out.granted is not None
-    assert out.status is not None
-    assert out.status["queue"] == []
+    assert out.granted["token"] == 3
 
 
 def test_fifo_no_barging_and_head_of_line() -> None:
@@ -55,10 +70,13 @@ def test_fifo_no_barging_and_head_of_line() -> None:
         s.acquire(status, {"permits": 3}, req("try"), set(), W, s.SEMAPHORE, enqueue=False).status
         is None
     )
-    status = s.release(status, {"a"}, set(), s.SEMAPHORE).status  # type: ignore[assignment]
-    assert apply(status, 3, req("small")).granted is None  # big is still ahead
-    status = apply(status, 3, req("big")).status  # type: ignore[assignment]
-    assert [h["id"] for h in status["holders"]] == ["big"]
+    # Releasing a's 2 permits lets big (3) in first; small still waits behind it.
+    status = free(status, 3, "a")
+    assert holder_ids(status) == ["big"]
+    assert [q["id"] for q in status["queue"]] == ["small"]
+    assert apply(status, 3, req("small")).granted is None
+    status = free(status, 3, "big")
+    assert holder_ids(status) == ["small"]
 
 
 def test_tokens_strictly_increase_and_grants_are_idempotent() -> None:
@@ -71,7 +89,7 @@ def test_tokens_strictly_increase_and_grants_are_idempotent() -> None:
         again = apply(out.status, 1, req(str(i)))  # type: ignore[arg-type]
         assert again.status is None
         assert again.granted == out.granted
-        status = s.release(out.status, {str(i)}, set(), s.SEMAPHORE).status  # type: ignore[arg-type, assignment]
+        status = free(out.status, 1, str(i))  # type: ignore[arg-type]
     assert tokens == sorted(tokens)
     assert len(set(tokens)) == 5
 
@@ -87,10 +105,9 @@ def test_stale_entries_are_purged_and_free_their_permits() -> None:
 
 def test_release_is_idempotent_and_renew_reports_missing() -> None:
     status: dict = apply({}, 2, req("a")).status  # type: ignore[assignment, type-arg]
-    released = s.release(status, {"a"}, set(), s.SEMAPHORE).status
-    assert released is not None
+    released = free(status, 2, "a")
     assert released["inUse"] == 0
-    assert s.release(released, {"a"}, set(), s.SEMAPHORE).status is None
+    assert s.release(released, {"permits": 2}, {"a"}, set(), s.SEMAPHORE).status is None
     out, missing = s.renew(status, {"a", "gone"}, W, s.SEMAPHORE)
     assert missing == {"gone"}
     assert out.status is not None
@@ -107,7 +124,7 @@ def test_never_over_admits_in_any_interleaving() -> None:
             out = (
                 apply(status, 2, req(i))
                 if op == "acq"
-                else s.release(status, {i}, set(), s.SEMAPHORE)
+                else s.release(status, {"permits": 2}, {i}, set(), s.SEMAPHORE)
             )
             if out.status is not None:
                 status = out.status
@@ -145,7 +162,7 @@ def test_rwmutex_many_readers_or_one_writer_in_every_interleaving() -> None:
             if op == "acq":
                 out = rw_apply(status, r)
             else:
-                out = s.release(status, {r.id}, set(), s.RWMUTEX)
+                out = s.release(status, {}, {r.id}, set(), s.RWMUTEX)
             if out.status is not None:
                 status = out.status
             modes = [h["mode"] for h in status.get("holders", [])]
@@ -161,12 +178,15 @@ def test_rwmutex_prefers_writers() -> None:
     late_reader = rw_apply(status, rw("r3", s.READ))
     assert late_reader.granted is None  # no new reader overtakes the waiting writer
     status = late_reader.status  # type: ignore[assignment]
-    status = s.release(status, {"r1", "r2"}, set(), s.RWMUTEX).status  # type: ignore[assignment]
-    assert rw_apply(status, rw("r3", s.READ)).granted is None  # still behind the writer
-    out = rw_apply(status, rw("w", s.WRITE))
-    assert out.granted is not None
-    assert out.status is not None
-    assert out.status["writer"] == "holder-w"
+    # The last reader out hands the lock to the writer; r3 still waits behind it.
+    status = s.release(status, {}, {"r1", "r2"}, set(), s.RWMUTEX).status  # type: ignore[assignment]
+    assert status["writer"] == "holder-w"
+    assert rw_apply(status, rw("r3", s.READ)).granted is None
+    # When the writer leaves, every reader queued behind it is let in together.
+    status = rw_apply(status, rw("r4", s.READ)).status  # type: ignore[assignment]
+    status = s.release(status, {}, {"w"}, set(), s.RWMUTEX).status  # type: ignore[assignment]
+    assert status["readers"] == 2
+    assert status["queue"] == []
 
 
 def test_mutex_is_exclusive_and_fifo() -> None:
@@ -175,6 +195,7 @@ def test_mutex_is_exclusive_and_fifo() -> None:
     status = s.acquire(status, {}, req("b"), set(), W, s.MUTEX).status  # type: ignore[assignment]
     status = s.acquire(status, {}, req("c"), set(), W, s.MUTEX).status  # type: ignore[assignment]
     assert status["waiting"] == 2
-    status = s.release(status, {"a"}, set(), s.MUTEX).status  # type: ignore[assignment]
+    status = s.release(status, {}, {"a"}, set(), s.MUTEX).status  # type: ignore[assignment]
+    assert status["holder"] == "holder-b"  # handed to the first waiter
     assert s.acquire(status, {}, req("c"), set(), W, s.MUTEX).granted is None
     assert s.acquire(status, {}, req("b"), set(), W, s.MUTEX).granted is not None

@@ -164,7 +164,7 @@ async def test_cancelled_and_timed_out_waits_leave_nothing(
         await task
     with pytest.raises(WaitTimeout):
         await a.waitgroup_wait("idle", timeout=0.1)
-    assert all(h._watch_task is None for h in a._rt._hubs.values())
+    assert all(h._watchers == 0 for h in a._rt._hubs.values())
     assert (await backend.store.get(WAITGROUP, "idle")).version == before.version
 
 
