@@ -35,28 +35,38 @@ from konductor._errors import (
     WaitTimeout,
 )
 from konductor._names import validate_name
+from konductor._primitives._barrier import BarrierInfo
+from konductor._primitives._gate import ConditionState, GateCondition, GateInfo
+from konductor._primitives._lease import Lease
 from konductor._primitives._mutex import Lock
+from konductor._primitives._once import OnceStatus
 from konductor._primitives._semaphore import Permit
-from konductor._sync import SyncClient, SyncGrant, SyncGuard
+from konductor._primitives._waitgroup import WaitGroupInfo
 from konductor._store._kubernetes import KubernetesStore
 from konductor._store._memory import MemoryStore
+from konductor._sync import SyncClient, SyncGrant, SyncGuard
 
 __version__ = "0.1.0.dev0"
 
 __all__ = (
     "AcquireTimeout",
     "AlreadyExists",
+    "BarrierInfo",
     "CRDNotInstalled",
     "Client",
+    "ConditionState",
     "ConfigurationError",
     "Conflict",
     "Expired",
     "Forbidden",
+    "GateCondition",
+    "GateInfo",
     "Invalid",
     "InvalidArgument",
     "InvalidName",
     "KonductorError",
     "KubernetesStore",
+    "Lease",
     "LeaseLost",
     "Lock",
     "LostError",
@@ -64,6 +74,7 @@ __all__ = (
     "MutexLost",
     "NotFound",
     "OnceFailed",
+    "OnceStatus",
     "Permit",
     "SemaphoreLost",
     "StoreError",
@@ -71,6 +82,7 @@ __all__ = (
     "SyncClient",
     "SyncGrant",
     "SyncGuard",
+    "WaitGroupInfo",
     "WaitTimeout",
     "__version__",
     "configure",
