@@ -12,6 +12,7 @@ import secrets
 import socket
 from types import TracebackType
 
+from konductor._config import resolve_store
 from konductor._names import validate_namespace
 from konductor._primitives._barrier import BarrierMethods
 from konductor._primitives._clock import Clock, SystemClock
@@ -37,17 +38,23 @@ class Client(
     SemaphoreMethods,
     LeaseMethods,
     MutexMethods,
+    OnceMethods,
     BarrierMethods,
     GateMethods,
     WaitGroupMethods,
-    OnceMethods,
 ):
     """Cluster-wide coordination primitives, async API.
 
-    ``store`` is any :class:`konductor.store.Store`; without one, a
-    :class:`KubernetesStore` is built from the pod's service account or the
-    kubeconfig. Use as ``async with Client(...) as client``; closing stops
-    renewals and releases what is still held.
+    ``store`` is any :class:`konductor.store.Store`; without one it is
+    resolved from ``KONDUCTOR_STORE``, the pod's service account or a
+    kubeconfig (see :mod:`konductor._config`). ``identity`` names this process
+    in every holder entry (default: pod or host name + pid + random suffix).
+    ``ttl`` and ``timeout`` arguments take seconds or a ``timedelta``. Use as
+    ``async with Client(...) as client``; closing releases what is still held.
+
+    Raises:
+        ConfigurationError: no store is configured, or ``KONDUCTOR_STORE`` is invalid.
+        InvalidArgument: ``namespace`` differs from the given store's namespace.
     """
 
     def __init__(
@@ -59,10 +66,7 @@ class Client(
         clock: Clock | None = None,
     ) -> None:
         if store is None:
-            from konductor._kube._config import in_cluster
-            from konductor._store._kubernetes import KubernetesStore
-
-            store = KubernetesStore(namespace, in_cluster=in_cluster())
+            store = resolve_store(namespace)
         elif namespace is not None and validate_namespace(namespace) != store.namespace:
             from konductor._errors import InvalidArgument
 
