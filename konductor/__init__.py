@@ -36,7 +36,8 @@ from konductor._errors import (
 )
 from konductor._names import validate_name
 from konductor._primitives._barrier import BarrierInfo
-from konductor._primitives._gate import ConditionState, GateCondition, GateInfo
+from konductor._primitives._gate import ConditionState, GateInfo
+from konductor._primitives._gate_state import GateCondition
 from konductor._primitives._lease import Lease
 from konductor._primitives._mutex import Lock
 from konductor._primitives._once import OnceStatus

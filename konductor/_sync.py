@@ -28,10 +28,15 @@ from typing import Generic, TypeVar
 
 from konductor._client import Client
 from konductor._errors import ConfigurationError, KonductorError
+from konductor._primitives._barrier import BarrierInfo
+from konductor._primitives._gate import Conditions, GateInfo
 from konductor._primitives._grant import Grant, Guarded
+from konductor._primitives._lease import Lease
 from konductor._primitives._mutex import Lock
+from konductor._primitives._once import OnceStatus
 from konductor._primitives._runtime import DEFAULT_TTL
 from konductor._primitives._semaphore import Permit
+from konductor._primitives._waitgroup import WaitGroupInfo
 from konductor._store._base import Store
 
 T = TypeVar("T")
@@ -314,6 +319,134 @@ class SyncClient:
     def try_acquire_mutex(self, name: str, *, ttl: object = DEFAULT_TTL) -> SyncGrant[Lock] | None:
         lock = self._call(lambda: self._async().try_acquire_mutex(name, ttl=ttl))
         return None if lock is None else SyncGrant(lock, self)
+
+    def acquire_read_lock(
+        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+    ) -> SyncGrant[Lock]:
+        return SyncGrant(
+            self._call(lambda: self._async().acquire_read_lock(name, ttl=ttl, timeout=timeout)),
+            self,
+        )
+
+    def acquire_write_lock(
+        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+    ) -> SyncGrant[Lock]:
+        return SyncGrant(
+            self._call(lambda: self._async().acquire_write_lock(name, ttl=ttl, timeout=timeout)),
+            self,
+        )
+
+    # -- lease ------------------------------------------------------------------------
+
+    def lease(
+        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+    ) -> SyncGuard[Lease]:
+        """``with client.lease("scheduler") as lease:`` hold leadership (see Client).
+
+        Synchronous code cannot be interrupted: check ``lease.ensure_held()``
+        between steps; the ``with`` exit raises ``LeaseLost`` after a loss.
+        """
+        return SyncGuard(self, lambda c: c.lease(name, ttl=ttl, timeout=timeout))
+
+    def acquire_lease(
+        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+    ) -> SyncGrant[Lease]:
+        return SyncGrant(
+            self._call(lambda: self._async().acquire_lease(name, ttl=ttl, timeout=timeout)), self
+        )
+
+    def try_acquire_lease(self, name: str, *, ttl: object = DEFAULT_TTL) -> SyncGrant[Lease] | None:
+        lease = self._call(lambda: self._async().try_acquire_lease(name, ttl=ttl))
+        return None if lease is None else SyncGrant(lease, self)
+
+    # -- once -------------------------------------------------------------------------
+
+    def once(
+        self,
+        name: str,
+        fn: Callable[[], T],
+        *,
+        ttl: object = DEFAULT_TTL,
+        timeout: object = None,
+    ) -> T | None:
+        """Run the blocking ``fn`` once cluster-wide (see ``Client.once``).
+
+        ``fn`` runs on a worker thread of the client's loop (with a copy of the
+        caller's context variables) while the loop renews the claim; the
+        caller blocks until the outcome. Returns ``fn``'s result to the runner,
+        ``None`` to callers that waited for another runner.
+        """
+
+        async def run() -> T:
+            return await asyncio.to_thread(fn)
+
+        return self._call(lambda: self._async().once(name, run, ttl=ttl, timeout=timeout))
+
+    def once_status(self, name: str) -> OnceStatus:
+        return self._call(lambda: self._async().once_status(name))
+
+    def reset_once(self, name: str, *, force: bool = False) -> OnceStatus:
+        return self._call(lambda: self._async().reset_once(name, force=force))
+
+    # -- barrier ----------------------------------------------------------------------
+
+    def arrive_barrier(
+        self, name: str, expected: int | None = None, *, party: str | None = None
+    ) -> BarrierInfo:
+        return self._call(lambda: self._async().arrive_barrier(name, expected, party=party))
+
+    def wait_barrier(self, name: str, *, timeout: object = None) -> BarrierInfo:
+        return self._call(lambda: self._async().wait_barrier(name, timeout=timeout))
+
+    def arrive_and_wait(
+        self,
+        name: str,
+        expected: int | None = None,
+        *,
+        party: str | None = None,
+        timeout: object = None,
+    ) -> BarrierInfo:
+        return self._call(
+            lambda: self._async().arrive_and_wait(name, expected, party=party, timeout=timeout)
+        )
+
+    def barrier_status(self, name: str) -> BarrierInfo:
+        return self._call(lambda: self._async().barrier_status(name))
+
+    # -- gate -------------------------------------------------------------------------
+
+    def create_gate(self, name: str, *, conditions: Conditions | None = None) -> GateInfo:
+        return self._call(lambda: self._async().create_gate(name, conditions=conditions))
+
+    def open_gate(self, name: str) -> None:
+        self._call(lambda: self._async().open_gate(name))
+
+    def close_gate(self, name: str) -> None:
+        self._call(lambda: self._async().close_gate(name))
+
+    def wait_gate(
+        self, name: str, *, conditions: Conditions | None = None, timeout: object = None
+    ) -> GateInfo:
+        return self._call(
+            lambda: self._async().wait_gate(name, conditions=conditions, timeout=timeout)
+        )
+
+    def gate_status(self, name: str) -> GateInfo:
+        return self._call(lambda: self._async().gate_status(name))
+
+    # -- wait group -------------------------------------------------------------------
+
+    def waitgroup_add(self, name: str, delta: int = 1) -> int:
+        return self._call(lambda: self._async().waitgroup_add(name, delta))
+
+    def waitgroup_done(self, name: str) -> int:
+        return self._call(lambda: self._async().waitgroup_done(name))
+
+    def waitgroup_wait(self, name: str, *, timeout: object = None) -> WaitGroupInfo:
+        return self._call(lambda: self._async().waitgroup_wait(name, timeout=timeout))
+
+    def waitgroup_status(self, name: str) -> WaitGroupInfo:
+        return self._call(lambda: self._async().waitgroup_status(name))
 
     # -- lifecycle --------------------------------------------------------------------
 

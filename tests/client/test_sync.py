@@ -137,3 +137,55 @@ def test_fork_parent_and_child_both_acquire(kube_ns: tuple[Any, str]) -> None:
     with client.semaphore("forked", timeout=30):
         pass
     client.close()
+
+
+def test_sync_twins_of_every_primitive_on_memory() -> None:
+    ran: list[int] = []
+    with SyncClient(MemoryStore) as client:
+        with client.lease("leader", ttl=5) as lease:
+            assert lease.token == 0
+        assert client.once("init", lambda: ran.append(1) or "result") == "result"
+        assert client.once("init", lambda: ran.append(2)) is None  # already done
+        assert ran == [1]
+        assert client.once_status("init").done
+        info = client.arrive_and_wait("start", expected=1, timeout=5)
+        assert info.open
+        assert client.barrier_status("start").arrived_count == 1
+        client.create_gate("go")
+        assert not client.gate_status("go").open
+        client.open_gate("go")
+        assert client.wait_gate("go", timeout=5).open
+        assert client.waitgroup_add("wg", 2) == 2
+        assert client.waitgroup_done("wg") == 1
+        assert client.waitgroup_done("wg") == 0
+        assert client.waitgroup_wait("wg", timeout=5).count == 0
+        with client.read_lock("rw"), client.read_lock("rw"):
+            pass
+        write = client.acquire_write_lock("rw")
+        assert write.grant.mode == "write"
+        write.release()
+
+
+@pytest.mark.kubernetes
+def test_sync_barrier_and_lease_across_clients(kube_ns: tuple[Any, str]) -> None:
+    env, ns = kube_ns
+    passed: list[str] = []
+    with SyncClient(factory(env, ns)) as a, SyncClient(factory(env, ns)) as b:
+
+        def party(client: SyncClient, tag: str) -> None:
+            client.arrive_and_wait("meet", expected=2, timeout=60)
+            passed.append(tag)
+
+        t = threading.Thread(target=party, args=(a, "a"))
+        t.start()
+        time.sleep(0.5)
+        assert passed == []  # a waits for b
+        party(b, "b")
+        t.join()
+        assert sorted(passed) == ["a", "b"]
+        with a.lease("sync-leader", ttl=3) as lease:
+            assert b.try_acquire_lease("sync-leader", ttl=3) is None
+            held_token = lease.token
+        taken = b.acquire_lease("sync-leader", ttl=3, timeout=30)
+        assert taken.token > held_token
+        taken.release()
