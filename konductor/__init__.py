@@ -10,7 +10,7 @@ Kubernetes client until a Kubernetes store is first used.
 """
 
 from konductor._client import Client
-from konductor._decorators import with_mutex, with_semaphore
+from konductor._decorators import barrier, once, with_lease, with_mutex, with_semaphore
 from konductor._defaults import configure
 from konductor._errors import (
     AcquireTimeout,
@@ -86,8 +86,11 @@ __all__ = (
     "WaitGroupInfo",
     "WaitTimeout",
     "__version__",
+    "barrier",
     "configure",
+    "once",
     "validate_name",
+    "with_lease",
     "with_mutex",
     "with_semaphore",
 )

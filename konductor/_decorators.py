@@ -10,7 +10,7 @@ whose background loop keeps renewing while the function runs.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 import wrapt
@@ -36,29 +36,15 @@ def guard_decorator(
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """A decorator that runs the function inside a guard from the right client."""
 
-    @wrapt.decorator
-    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if inspect.iscoroutinefunction(wrapped):
-            if isinstance(client, SyncClient):
-                raise InvalidArgument(
-                    f"{wrapped.__qualname__} is async but was decorated with a SyncClient; "
-                    "pass a konductor.Client (or no client)"
-                )
+    async def async_around(c: Client, thunk: Callable[[], Awaitable[Any]]) -> Any:
+        async with async_guard(c):
+            return await thunk()
 
-            async def run() -> Any:
-                async with async_guard(client or default_client()):
-                    return await wrapped(*args, **kwargs)
+    def sync_around(c: SyncClient, thunk: Callable[[], Any]) -> Any:
+        with sync_guard(c):
+            return thunk()
 
-            return run()
-        if isinstance(client, Client):
-            raise InvalidArgument(
-                f"{wrapped.__qualname__} is not async but was decorated with an async "
-                "konductor.Client; pass a konductor.SyncClient (or no client)"
-            )
-        with sync_guard(client or default_sync_client()):
-            return wrapped(*args, **kwargs)
-
-    return cast(Callable[[Callable[P, R]], Callable[P, R]], wrapper)
+    return _around(async_around, sync_around, client)
 
 
 def _checked(name: str, ttl: object, timeout: object) -> None:
@@ -112,3 +98,110 @@ def with_mutex(
         lambda c: c.mutex(name, ttl=ttl, timeout=timeout),
         client,
     )
+
+
+def _around(
+    async_around: Callable[[Client, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+    sync_around: Callable[[SyncClient, Callable[[], Any]], Any],
+    client: Client | SyncClient | None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A decorator that hands the call, as a thunk, to the right client's operation."""
+
+    @wrapt.decorator
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if inspect.iscoroutinefunction(wrapped):
+            if isinstance(client, SyncClient):
+                raise InvalidArgument(
+                    f"{wrapped.__qualname__} is async but was decorated with a SyncClient; "
+                    "pass a konductor.Client (or no client)"
+                )
+            return async_around(client or default_client(), lambda: wrapped(*args, **kwargs))
+        if isinstance(client, Client):
+            raise InvalidArgument(
+                f"{wrapped.__qualname__} is not async but was decorated with an async "
+                "konductor.Client; pass a konductor.SyncClient (or no client)"
+            )
+        return sync_around(client or default_sync_client(), lambda: wrapped(*args, **kwargs))
+
+    return cast(Callable[[Callable[P, R]], Callable[P, R]], wrapper)
+
+
+def with_lease(
+    name: str,
+    *,
+    ttl: object = DEFAULT_TTL,
+    timeout: object = None,
+    client: Client | SyncClient | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run the function only while holding leadership of Lease ``name``.
+
+    Each call waits for the lease (up to ``timeout``), runs, and releases it.
+    For a long-running leader loop, use ``Client.campaign`` instead.
+
+    Raises (per call): AcquireTimeout, LeaseLost (see ``Client.lease``).
+    """
+    _checked(name, ttl, timeout)
+    return guard_decorator(
+        lambda c: c.lease(name, ttl=ttl, timeout=timeout),
+        lambda c: c.lease(name, ttl=ttl, timeout=timeout),
+        client,
+    )
+
+
+def once(
+    name: str,
+    *,
+    ttl: object = DEFAULT_TTL,
+    timeout: object = None,
+    client: Client | SyncClient | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
+    """Run the function once cluster-wide under the name ``name``.
+
+    The first caller anywhere runs it and gets its result; concurrent callers
+    wait for the outcome and get ``None``; later calls return ``None`` at once.
+    A failure is recorded and the next caller runs it again (see ``Client.once``).
+
+    Raises (per call): OnceFailed (another runner's attempt failed while we
+    waited), WaitTimeout, LostError.
+    """
+    _checked(name, ttl, timeout)
+
+    async def async_around(c: Client, thunk: Callable[[], Awaitable[Any]]) -> Any:
+        return await c.once(name, thunk, ttl=ttl, timeout=timeout)
+
+    def sync_around(c: SyncClient, thunk: Callable[[], Any]) -> Any:
+        return c.once(name, thunk, ttl=ttl, timeout=timeout)
+
+    return cast(
+        Callable[[Callable[P, R]], Callable[P, R | None]],
+        _around(async_around, sync_around, client),
+    )
+
+
+def barrier(
+    name: str,
+    expected: int | None = None,
+    *,
+    timeout: object = None,
+    party: str | None = None,
+    client: Client | SyncClient | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Arrive at barrier ``name`` and wait until it opens before each call runs.
+
+    Raises (per call): WaitTimeout (the barrier did not open in time), NotFound
+    (missing barrier and no ``expected``).
+    """
+    validate_name(name)
+    check.timeout(timeout)
+    if expected is not None:
+        check.positive_int(expected, "expected")
+
+    async def async_around(c: Client, thunk: Callable[[], Awaitable[Any]]) -> Any:
+        await c.arrive_and_wait(name, expected, party=party, timeout=timeout)
+        return await thunk()
+
+    def sync_around(c: SyncClient, thunk: Callable[[], Any]) -> Any:
+        c.arrive_and_wait(name, expected, party=party, timeout=timeout)
+        return thunk()
+
+    return _around(async_around, sync_around, client)

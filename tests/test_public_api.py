@@ -49,8 +49,11 @@ def test_top_level_exports_are_pinned() -> None:
             "WaitGroupInfo",
             "WaitTimeout",
             "__version__",
+            "barrier",
             "configure",
+            "once",
             "validate_name",
+            "with_lease",
             "with_mutex",
             "with_semaphore",
         ]

@@ -192,3 +192,56 @@ async def test_async_decorator_on_the_real_server(kube_crds: Any) -> None:
     await asyncio.gather(*(job() for _ in range(8)))
     assert peak == 2
     await default_client().close()
+
+
+async def test_once_lease_and_barrier_decorators_async() -> None:
+    from konductor import barrier, once, with_lease
+
+    runs: list[int] = []
+
+    @once("init-async")
+    async def init(n: int) -> int:
+        runs.append(n)
+        await asyncio.sleep(0.05)
+        return n * 10
+
+    results = await asyncio.gather(init(1), init(2), init(3))
+    assert len(runs) == 1
+    assert sorted(r for r in results if r is not None) == [runs[0] * 10]
+    assert results.count(None) == 2
+    assert await init(4) is None  # done: never again
+
+    @with_lease("leader-async", ttl=5)
+    async def lead() -> bool:
+        return await default_client().try_acquire_lease("leader-async", ttl=5) is None
+
+    assert await lead()
+
+    @barrier("start-async", expected=1, timeout=5)
+    async def start() -> str:
+        return "started"
+
+    assert await start() == "started"
+    info = await default_client().barrier_status("start-async")
+    assert info.open
+
+
+def test_once_and_barrier_decorators_sync() -> None:
+    from konductor import barrier, once
+
+    runs: list[str] = []
+
+    @once("init-sync")
+    def init() -> str:
+        runs.append("ran")
+        return "result"
+
+    assert init() == "result"
+    assert init() is None
+    assert runs == ["ran"]
+
+    @barrier("start-sync", expected=1)
+    def start() -> int:
+        return 7
+
+    assert start() == 7
