@@ -1,0 +1,250 @@
+"""The Celery app the integration tests run in real ``celery worker`` subprocesses.
+
+Configured from the environment the test gives each worker:
+
+- ``KT_CELERY_BROKER``: Redis URL used as broker and result backend;
+- ``KT_CELERY_QUEUE``: the test's own queue (tests never share a queue);
+- ``KONDUCTOR_STORE=kubernetes``, ``KUBECONFIG``, ``KONDUCTOR_NAMESPACE``: the
+  coordination store, the real API server, a fresh namespace per test.
+
+Every task reports to an independent witness in Redis (``key`` argument):
+``:inside`` / ``:max`` / ``:total`` count holders inside the gated body.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery, signals
+
+from konductor.integrations.celery import CoordinatedTask
+
+BROKER = os.environ.get("KT_CELERY_BROKER", "redis://127.0.0.1:6379/10")
+QUEUE = os.environ.get("KT_CELERY_QUEUE", "konductor-tests")
+
+app = Celery("kt_celery", broker=BROKER, backend=BROKER)
+app.conf.update(
+    task_default_queue=QUEUE,
+    broker_connection_retry_on_startup=True,
+    result_expires=3600,
+    worker_prefetch_multiplier=4,
+    task_track_started=False,
+)
+
+ENTER = """
+local v = redis.call('INCR', KEYS[1])
+local m = tonumber(redis.call('GET', KEYS[2]) or '0')
+if v > m then redis.call('SET', KEYS[2], v) end
+redis.call('INCR', KEYS[3])
+return v
+"""
+
+_redis: tuple[int, redis.Redis] | None = None
+
+
+def witness() -> redis.Redis:
+    """A Redis connection of this process (a forked child must not share the parent's)."""
+    global _redis
+    if _redis is None or _redis[0] != os.getpid():
+        _redis = (os.getpid(), redis.Redis.from_url(BROKER))
+    return _redis[1]
+
+
+def enter(key: str) -> None:
+    r = witness()
+    r.eval(ENTER, 3, f"{key}:inside", f"{key}:max", f"{key}:total")
+    r.rpush(f"{key}:entries", f"{time.time():.6f}")
+
+
+def leave(key: str) -> None:
+    witness().decr(f"{key}:inside")
+
+
+def wait_for_release(key: str, timeout: float = 240.0) -> None:
+    """Block the body until the test pushes to ``key:release`` (or time out)."""
+    if witness().blpop([f"{key}:release"], timeout=int(timeout)) is None:
+        raise TimeoutError(f"{key}: never released by the test")
+
+
+@signals.worker_ready.connect
+def _ready(sender: Any, **_: Any) -> None:
+    witness().sadd(f"kt-celery:{QUEUE}:ready", sender.hostname)
+
+
+@signals.task_postrun.connect
+def _postrun(sender: Any, kwargs: Any = None, state: str | None = None, **_: Any) -> None:
+    key = (kwargs or {}).get("key")
+    if key:
+        witness().incr(f"{key}:state:{state}")
+
+
+# -- permits=2, re-queue when full -------------------------------------------------------
+
+
+@app.task(
+    base=CoordinatedTask,
+    semaphore="gated",
+    permits=2,
+    requeue_delay=0.2,
+    requeue_delay_max=1.0,
+)
+def gated(*, key: str, hold: float = 0.3) -> int:
+    enter(key)
+    try:
+        time.sleep(hold)
+    finally:
+        leave(key)
+    return os.getpid()
+
+
+# -- one permit, held until the test says so; others wait by re-queueing ----------------
+
+
+@app.task(
+    base=CoordinatedTask, semaphore="slow", permits=1, requeue_delay=0.2, requeue_delay_max=1.0
+)
+def holder(*, key: str) -> str:
+    enter(key)
+    try:
+        witness().set(f"{key}:holder-pid", os.getpid())
+        wait_for_release(key)
+    finally:
+        leave(key)
+    return "held"
+
+
+@app.task(
+    base=CoordinatedTask, semaphore="slow", permits=1, requeue_delay=0.2, requeue_delay_max=1.0
+)
+def behind(*, key: str) -> str:
+    enter(key)
+    leave(key)
+    return "behind"
+
+
+@app.task
+def plain(*, key: str) -> str:
+    witness().incr(f"{key}:plain")
+    return "plain"
+
+
+# -- a crash: the victim is SIGKILLed by the test ----------------------------------------
+
+CRASH = {
+    "semaphore": "crashy",
+    "permits": 1,
+    "ttl": 3,
+    "requeue_delay": 0.2,
+    "requeue_delay_max": 1.0,
+}
+
+
+@app.task(base=CoordinatedTask, **CRASH)
+def victim(*, key: str) -> None:
+    enter(key)
+    witness().set(f"{key}:victim-pid", os.getpid())
+    time.sleep(600)  # killed long before
+
+
+@app.task(base=CoordinatedTask, **CRASH)
+def survivor(*, key: str) -> float:
+    enter(key)
+    try:
+        time.sleep(0.2)
+    finally:
+        leave(key)
+    return time.time()
+
+
+# -- singletons ---------------------------------------------------------------------------
+
+
+@app.task(
+    base=CoordinatedTask,
+    singleton=lambda item, **_: item,
+    requeue_delay=0.2,
+    requeue_delay_max=1.0,
+)
+def single(item: str, *, key: str, hold: float = 0.4) -> str:
+    enter(f"{key}:{item}")
+    try:
+        time.sleep(hold)
+    finally:
+        leave(f"{key}:{item}")
+    return item
+
+
+@app.task(base=CoordinatedTask, singleton=True, on_duplicate="drop")
+def single_drop(*, key: str) -> str:
+    enter(key)
+    try:
+        wait_for_release(key)
+    finally:
+        leave(key)
+    return "ran"
+
+
+# -- every outcome releases the permit; renewal keeps a long task's permit -------------
+
+OUTCOME = {
+    "semaphore": "outcomes",
+    "permits": 1,
+    "ttl": 60,
+    "requeue_delay": 0.2,
+    "requeue_delay_max": 1.0,
+}
+
+
+@app.task(base=CoordinatedTask, bind=True, **OUTCOME)
+def succeeds(self: CoordinatedTask, *, key: str) -> int:
+    assert self.permit is not None
+    self.permit.ensure_held()
+    return self.permit.token
+
+
+@app.task(base=CoordinatedTask, **OUTCOME)
+def fails(*, key: str) -> None:
+    raise RuntimeError("the task body failed")
+
+
+@app.task(base=CoordinatedTask, bind=True, max_retries=3, **OUTCOME)
+def retries_once(self: CoordinatedTask, *, key: str) -> int:
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.1)
+    return int(self.request.retries)
+
+
+@app.task(base=CoordinatedTask, soft_time_limit=1, **OUTCOME)
+def too_slow(*, key: str) -> None:
+    time.sleep(30)  # the soft time limit interrupts this
+
+
+LONG = {
+    "semaphore": "renewed",
+    "permits": 1,
+    "ttl": 2,
+    "requeue_delay": 0.2,
+    "requeue_delay_max": 0.5,
+}
+
+
+@app.task(base=CoordinatedTask, bind=True, **LONG)
+def long_running(self: CoordinatedTask, *, key: str, seconds: float = 8.0) -> int:
+    enter(key)
+    try:
+        time.sleep(seconds)  # 4 TTLs: only renewal keeps the permit
+        assert self.permit is not None
+        self.permit.ensure_held()
+    finally:
+        leave(key)
+    return self.permit.token
+
+
+@app.task(base=CoordinatedTask, **LONG)
+def short_after(*, key: str) -> str:
+    enter(key)
+    leave(key)
+    return "short"

@@ -1,0 +1,182 @@
+"""The Celery integration with real workers, a real broker and the real API server.
+
+Workers are real ``celery worker`` subprocesses (prefork: 2 workers x
+concurrency 2 unless a test says otherwise) on Redis at 127.0.0.1:6379; the
+coordination store is the session's kube-apiserver. Concurrency claims are
+checked with an independent witness: Redis counters the task bodies update.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.integrations.celery_support import CeleryCluster
+from tests.integrations.celery_support import celery_cluster as celery_cluster
+
+pytestmark = pytest.mark.kubernetes
+
+
+def test_twenty_tasks_never_exceed_two_permits(celery_cluster: CeleryCluster) -> None:
+    c = celery_cluster
+    c.start(count=2, concurrency=2)
+    started = time.monotonic()
+    results = [c.send("gated", key=c.key, hold=0.3) for _ in range(20)]
+    pids = [c.get(r) for r in results]
+    elapsed = time.monotonic() - started
+    assert all(isinstance(p, int) for p in pids)
+    assert c.count("total") == 20  # every task ran its body once
+    assert c.count("max") <= 2, f"the witness saw {c.count('max')} tasks inside at once"
+    assert c.count("max") == 2  # and the contention was real
+    assert c.count("inside") == 0
+    assert len(set(pids)) >= 2  # more than one worker process took part
+    status = c.semaphore_status("gated")
+    assert status.get("holders") in (None, [])
+    print(
+        f"\n20 tasks, permits=2: {elapsed:.1f}s, {c.count('state:RETRY')} re-queues, "
+        f"{len(set(pids))} worker processes"
+    )
+
+
+def test_waiting_gated_tasks_hold_no_worker_slot(celery_cluster: CeleryCluster) -> None:
+    # One permit, taken by a task that holds it until the test says so. Gated
+    # tasks sent next can only wait; ungated tasks sent after them must still
+    # run, so the waiting gated tasks do not occupy the 4 worker slots.
+    c = celery_cluster
+    c.start(count=2, concurrency=2)
+    held = c.send("holder", key=c.key)
+    c.wait_for(lambda: c.redis.get(f"{c.key}:holder-pid"), "the holder inside")
+    behind_key = f"{c.key}:behind"
+    waiting = [c.send("behind", key=behind_key) for _ in range(6)]
+    # Each waiting task was taken by a worker and sent back (state RETRY) ...
+    c.wait_for(lambda: all(r.state == "RETRY" for r in waiting), "the gated tasks re-queued")
+    started = time.monotonic()
+    plain = [c.send("plain", key=c.key) for _ in range(8)]
+    assert [c.get(r, timeout=120) for r in plain] == ["plain"] * 8
+    elapsed = time.monotonic() - started
+    # ... and while they wait (the permit is still held), the plain ones all ran.
+    assert c.count("total", behind_key) == 0  # none of the gated ones got in
+    assert not held.ready()
+    assert c.count("inside") == 1
+    c.release()
+    assert c.get(held) == "held"
+    assert [c.get(r) for r in waiting] == ["behind"] * 6
+    assert c.count("max", behind_key) == 1
+    print(f"\n8 ungated tasks behind 6 waiting gated ones: all done in {elapsed:.2f}s")
+
+
+def test_a_sigkilled_childs_permit_comes_back_within_its_ttl(
+    celery_cluster: CeleryCluster,
+) -> None:
+    c = celery_cluster
+    ttl = 3.0  # tests/integrations/celery_app.py CRASH
+    c.start(count=2, concurrency=2)
+    doomed = c.send("victim", key=c.key)
+    c.wait_for(lambda: c.redis.get(f"{c.key}:victim-pid"), "the victim inside")
+    survivors = [c.send("survivor", key=c.key) for _ in range(4)]
+    c.wait_for(lambda: all(r.state == "RETRY" for r in survivors), "the others waiting")
+    assert c.semaphore_status("crashy")["inUse"] == 1
+    pid = int(c.redis.get(f"{c.key}:victim-pid") or 0)
+    os.kill(pid, signal.SIGKILL)  # a pool child of a worker this test started
+    killed_at = time.time()
+    finished = [c.get(r, timeout=120) for r in survivors]
+    first_entry = sorted(c.entries())[1]  # entry 0 is the victim's
+    waited = first_entry - killed_at
+    assert waited < ttl + 5, f"the permit came back {waited:.1f}s after the kill"
+    assert waited > ttl / 2  # not handed out early: the dead holder's entry had to expire
+    assert len(finished) == 4
+    assert c.count("total") == 5
+    # The victim itself failed (the worker lost it); nothing is left held.
+    c.wait_for(lambda: doomed.state == "FAILURE", "the victim's failure recorded")
+    status = c.semaphore_status("crashy")
+    assert status["inUse"] == 0
+    assert not status.get("holders")
+    assert not status.get("queue")
+    c.check_alive()  # the worker replaced its child and went on
+    print(f"\nSIGKILLed holder (ttl={ttl:g}s): next task entered {waited:.2f}s after the kill")
+
+
+def test_singleton_duplicates_never_run_at_once(celery_cluster: CeleryCluster) -> None:
+    c = celery_cluster
+    c.start(count=2, concurrency=2)
+    results = [c.send("single", "order-7", key=c.key) for _ in range(5)]
+    results += [c.send("single", "order-8", key=c.key) for _ in range(5)]
+    assert sorted(c.get(r) for r in results) == ["order-7"] * 5 + ["order-8"] * 5
+    for item in ("order-7", "order-8"):
+        key = f"{c.key}:{item}"
+        assert c.count("total", key) == 5  # every duplicate ran, one after the other
+        assert c.count("max", key) == 1, f"{item}: two duplicates ran at once"
+    print(f"\n2 keys x 5 duplicates: {c.count('state:RETRY')} re-queues")
+
+
+def test_singleton_drops_duplicates_by_policy(celery_cluster: CeleryCluster) -> None:
+    c = celery_cluster
+    c.start(count=2, concurrency=2)
+    first = c.send("single_drop", key=c.key)
+    c.wait_for(lambda: c.count("total") == 1, "the first instance running")
+    duplicates = [c.send("single_drop", key=c.key) for _ in range(4)]
+    c.wait_for(lambda: c.count("state:IGNORED") == 4, "the duplicates dropped")
+    c.release()
+    assert c.get(first) == "ran"
+    assert c.count("total") == 1  # no duplicate ever ran its body
+    assert all(r.state == "PENDING" for r in duplicates)  # Ignore stores no result
+
+
+@pytest.mark.parametrize(
+    ("task", "outcome"),
+    [
+        ("succeeds", "SUCCESS"),
+        ("fails", "FAILURE"),
+        ("retries_once", "SUCCESS"),
+        ("too_slow", "FAILURE"),  # SoftTimeLimitExceeded
+    ],
+)
+def test_the_permit_is_released_in_every_outcome(
+    celery_cluster: CeleryCluster, task: str, outcome: str
+) -> None:
+    # ttl=60: a permit that was not released would stay held for a minute, so
+    # an empty holder list right after the task ended means it was released.
+    c = celery_cluster
+    c.start(count=1, concurrency=2)
+    result = c.send(task, key=c.key)
+    try:
+        result.get(timeout=120, propagate=False)
+    except Exception as exc:
+        raise AssertionError(c.worker_logs()) from exc
+    assert result.state == outcome, c.worker_logs()
+    if task == "too_slow":
+        assert "SoftTimeLimitExceeded" in repr(result.result)
+    if task == "retries_once":
+        assert result.result == 1
+    status = c.semaphore_status("outcomes")
+    assert status["inUse"] == 0
+    assert not status.get("holders")
+    # and the next task gets the permit at once
+    assert isinstance(c.get(c.send("succeeds", key=c.key), timeout=60), int)
+
+
+def test_renewal_keeps_a_long_tasks_permit(celery_cluster: CeleryCluster) -> None:
+    # ttl=2, the body runs 8 s: without renewals the others would get in.
+    c = celery_cluster
+    c.start(count=2, concurrency=2)
+    long = c.send("long_running", key=c.key, seconds=8)
+    c.wait_for(lambda: c.count("total") == 1, "the long task inside")
+    others = [c.send("short_after", key=c.key) for _ in range(3)]
+    token = c.get(long)
+    assert isinstance(token, int)  # not SemaphoreLost
+    assert [c.get(r) for r in others] == ["short"] * 3
+    assert c.count("max") == 1
+    assert c.count("total") == 4
+
+
+def test_threads_pool_creates_its_client_lazily(celery_cluster: CeleryCluster) -> None:
+    c = celery_cluster
+    c.start(count=1, concurrency=4, pool="threads")
+    results = [c.send("gated", key=c.key, hold=0.2) for _ in range(8)]
+    pids = {c.get(r) for r in results}
+    assert len(pids) == 1  # threads of one process, sharing one client
+    assert c.count("total") == 8
+    assert c.count("max") <= 2

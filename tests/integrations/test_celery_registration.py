@@ -1,0 +1,353 @@
+"""CoordinatedTask without a worker: registration checks, direct calls, configuration.
+
+Misconfiguration must fail when the task is registered (the task class is
+created), with a message naming the task and the option: in-process here, and
+with a real ``celery worker`` that refuses to start. Direct calls and
+``apply()`` (no queue to go back to) wait for their grant, on the real API
+server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from konductor import (
+    AcquireTimeout,
+    ConfigurationError,
+    InvalidArgument,
+    InvalidName,
+    KubernetesStore,
+    MemoryStore,
+    SemaphoreLost,
+    SyncClient,
+    validate_name,
+)
+from konductor.integrations.celery import CoordinatedTask, close_clients, singleton_name
+from konductor.store import SEMAPHORE
+from tests.integrations.celery_support import ROOT
+from tests.store.conftest import fresh_namespace
+
+# -- misconfiguration fails at registration --------------------------------------------
+
+
+def new_app() -> Celery:
+    return Celery("kt-registration", set_as_current=False)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        (
+            {"semaphore": "payments-api", "permits": 0},
+            InvalidArgument,
+            "permits must be at least 1, got 0",
+        ),
+        (
+            {"semaphore": "payments-api", "permits": -3},
+            InvalidArgument,
+            "permits must be at least 1",
+        ),
+        (
+            {"semaphore": "payments-api", "permits": "3"},
+            InvalidArgument,
+            "permits must be an integer",
+        ),
+        (
+            {"semaphore": "payments-api", "permits": 3, "on_full": "block"},
+            InvalidArgument,
+            "on_full must be 'retry' or 'wait', got 'block'",
+        ),
+        (
+            {"singleton": True, "on_duplicate": "skip"},
+            InvalidArgument,
+            "on_duplicate must be 'retry' or 'drop', got 'skip'",
+        ),
+        (
+            {"semaphore": "Payments API", "permits": 3},
+            InvalidName,
+            "invalid semaphore 'Payments API'",
+        ),
+        ({"semaphore": "payments-api", "ttl": 0.2}, InvalidArgument, "ttl of 0.2s is below 1s"),
+        (
+            {"semaphore": "payments-api", "wait_timeout": -1},
+            InvalidArgument,
+            "timeout must be >= 0",
+        ),
+        ({"permits": 3}, InvalidArgument, "permits=3 was given without semaphore="),
+        ({"singleton": "yes"}, InvalidArgument, "singleton must be True, False or a function"),
+        (
+            {"semaphore": "p", "requeue_delay": 5, "requeue_delay_max": 1},
+            InvalidArgument,
+            "requeue_delay_max (1) must be at least requeue_delay (5)",
+        ),
+        ({"semaphore": "p", "max_requeues": -1}, InvalidArgument, "max_requeues must be None"),
+    ],
+)
+def test_bad_options_fail_at_task_registration(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    app = new_app()
+
+    @app.task(base=CoordinatedTask, shared=False, **options)
+    def charge(order_id: str) -> str:
+        return order_id
+
+    with pytest.raises(error) as info:
+        app.finalize()  # Celery registers (creates) the task class here
+    assert message in str(info.value)
+    assert "task tests.integrations.test_celery_registration.charge" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_options_fail_when_subclassing() -> None:
+    with pytest.raises(
+        InvalidArgument, match=r"task .*PaymentTask: permits must be at least 1, got 0"
+    ):
+
+        class PaymentTask(CoordinatedTask):
+            semaphore = "payments-api"
+            permits = 0
+
+
+def test_a_worker_refuses_to_start_with_a_misconfigured_task() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.integrations.celery_bad_app",
+            "worker",
+            "--pool=prefork",
+            "-c",
+            "2",
+            "-Q",
+            "kt-never-used",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode != 0
+    assert (
+        "InvalidArgument: task tests.integrations.celery_bad_app.charge: "
+        "permits must be at least 1, got 0"
+    ) in proc.stderr + proc.stdout
+
+
+def test_good_options_from_the_decorator_and_from_subclasses() -> None:
+    app = new_app()
+
+    class Payments(CoordinatedTask):
+        semaphore = "payments-api"
+        permits = 3
+
+    @app.task(base=Payments, shared=False, on_full="wait", wait_timeout=5)
+    def charge(order_id: str) -> str:
+        return order_id
+
+    @app.task(base=CoordinatedTask, shared=False, singleton=lambda order_id: order_id)
+    def refund(order_id: str) -> str:
+        return order_id
+
+    @app.task(base=CoordinatedTask, shared=False)
+    def ungated() -> str:
+        return "free"
+
+    app.finalize()
+    plan = charge._konductor_plan
+    assert (plan.semaphore, plan.permits, plan.on_full, plan.wait_timeout) == (
+        "payments-api",
+        3,
+        "wait",
+        5.0,
+    )
+    assert refund._konductor_plan.singleton_key is not None
+    assert not ungated._konductor_plan.gated
+    assert ungated() == "free"  # no gate, no client needed
+
+
+def test_singleton_names_are_valid_and_distinct() -> None:
+    long_name = "proj.tasks." + "Very_Long_Task_Name." * 20
+    names = {
+        singleton_name("proj.tasks.charge", "order-7"),
+        singleton_name("proj.tasks.charge", "order-8"),
+        singleton_name("proj.tasks.refund", "order-7"),
+        singleton_name("proj.tasks.charge", ("ü", None, 3)),
+        singleton_name("proj_tasks.charge", "order-7"),  # slugs alike, digests differ
+        singleton_name(long_name, ""),
+        singleton_name("___", "x"),
+    }
+    assert len(names) == 7
+    for name in names:
+        assert validate_name(name) == name
+
+
+# -- optional dependency -----------------------------------------------------------------
+
+
+def test_import_konductor_does_not_import_celery() -> None:
+    code = "import sys, konductor; assert 'celery' not in sys.modules, 'celery imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_without_celery_the_error_names_the_install_command() -> None:
+    code = (
+        "import sys; sys.modules['celery'] = None\n"
+        "try:\n"
+        "    import konductor.integrations.celery\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert "pip install 'konductor[celery]'" in out.stdout, out.stderr
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def test_a_store_instance_in_the_celery_config_is_refused() -> None:
+    from konductor.integrations.celery import get_client
+
+    app = new_app()
+    app.conf.konductor_store = MemoryStore()
+    with pytest.raises(ConfigurationError, match="zero-argument factory"):
+        get_client(app)
+
+
+# -- direct calls and apply(), on the real API server ----------------------------------
+
+
+@pytest.fixture
+def kube_app(kube_crds: Any) -> Iterator[tuple[Celery, str]]:
+    ns = fresh_namespace(kube_crds)
+    app = new_app()
+    app.conf.konductor_store = lambda: KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
+    try:
+        yield app, ns
+    finally:
+        close_clients()
+
+
+@pytest.mark.kubernetes
+def test_direct_calls_hold_the_permit_only_while_the_body_runs(
+    kube_app: tuple[Celery, str], kube_crds: Any
+) -> None:
+    app, ns = kube_app
+    seen: list[int] = []
+
+    @app.task(base=CoordinatedTask, bind=True, shared=False, semaphore="direct", permits=1)
+    def work(self: CoordinatedTask, fail: bool = False) -> int:
+        assert self.permit is not None
+        self.permit.ensure_held()
+        seen.append(self.permit.token)
+        if fail:
+            raise RuntimeError("body failed")
+        return self.permit.token
+
+    app.finalize()
+    assert work() == seen[0]
+    with pytest.raises(RuntimeError, match="body failed"):
+        work(fail=True)
+    result = work.apply()  # eager: same gate
+    assert result.get() == seen[2]
+    assert seen == sorted(seen)  # fencing tokens increase
+    assert len(set(seen)) == 3
+    assert work.permit is None  # outside the body: nothing held
+    status = asyncio.run(_status(kube_crds, ns, "direct"))
+    assert status["inUse"] == 0
+
+
+@pytest.mark.kubernetes
+def test_a_direct_call_waits_for_a_free_permit(
+    kube_app: tuple[Celery, str], kube_crds: Any
+) -> None:
+    app, ns = kube_app
+
+    busy = {"semaphore": "busy", "permits": 1}
+
+    @app.task(base=CoordinatedTask, shared=False, wait_timeout=1, **busy)
+    def impatient() -> str:
+        return "done"
+
+    @app.task(base=CoordinatedTask, shared=False, wait_timeout=None, **busy)
+    def patient() -> str:
+        return "done"
+
+    app.finalize()
+    with SyncClient(lambda: KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)) as other:
+        permit = other.acquire_semaphore("busy", 1, ttl=15)
+        with pytest.raises(AcquireTimeout):
+            impatient()  # waited wait_timeout=1 s in vain
+        threading.Timer(0.5, permit.release).start()
+        assert patient() == "done"  # granted once the other process released
+
+
+@pytest.mark.kubernetes
+def test_a_direct_call_of_a_dropped_duplicate_returns_none(
+    kube_app: tuple[Celery, str], kube_crds: Any
+) -> None:
+    app, ns = kube_app
+    ran: list[str] = []
+
+    @app.task(base=CoordinatedTask, shared=False, singleton=True, on_duplicate="drop")
+    def nightly() -> str:
+        ran.append("x")
+        return "ran"
+
+    app.finalize()
+    with SyncClient(lambda: KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)) as other:
+        lock = other.acquire_mutex(singleton_name(nightly.name, ""), ttl=15)
+        assert nightly() is None  # another instance runs: dropped
+        assert nightly.apply().state == "IGNORED"
+        lock.release()
+    assert nightly() == "ran"
+    assert ran == ["x"]
+
+
+@pytest.mark.kubernetes
+def test_a_permit_lost_while_the_body_ran_fails_the_task(
+    kube_app: tuple[Celery, str], kube_crds: Any
+) -> None:
+    app, ns = kube_app
+
+    @app.task(base=CoordinatedTask, bind=True, shared=False, semaphore="fragile", permits=1, ttl=3)
+    def work(self: CoordinatedTask) -> str:
+        assert self.permit is not None
+        asyncio.run(_drop_holders(kube_crds, ns, "fragile"))  # as if it had expired
+        deadline = time.monotonic() + 30
+        while not self.permit.is_lost and time.monotonic() < deadline:
+            time.sleep(0.1)  # the next renewal (ttl/3) finds it gone
+        return "finished"
+
+    app.finalize()
+    with pytest.raises(SemaphoreLost, match="the result is not trusted"):
+        work()
+
+
+async def _status(kube: Any, ns: str, name: str) -> dict[str, Any]:
+    async with KubernetesStore(ns, kubeconfig=kube.admin_kubeconfig) as store:
+        return dict((await store.get(SEMAPHORE, name)).status)
+
+
+async def _drop_holders(kube: Any, ns: str, name: str) -> None:
+    async with KubernetesStore(ns, kubeconfig=kube.admin_kubeconfig) as store:
+        obj = await store.get(SEMAPHORE, name)
+        status = {**obj.status, "holders": [], "inUse": 0}
+        await store.replace_status(SEMAPHORE, name, status, version=obj.version)
