@@ -167,7 +167,9 @@ def demo(payments: int) -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(w.pid, signal.SIGKILL)
                 w.wait()
-        redis.Redis.from_url(BROKER).delete(queue)
+        redis.Redis.from_url(BROKER).delete(
+            queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,10 +29,25 @@ app = Celery("kt_celery", broker=BROKER, backend=BROKER)
 app.conf.update(
     task_default_queue=QUEUE,
     broker_connection_retry_on_startup=True,
-    result_expires=3600,
+    result_expires=600,
     worker_prefetch_multiplier=4,
     task_track_started=False,
 )
+
+if os.environ.get("KT_STORE_FACTORY"):
+    # The store chosen in the Celery config (a factory, called in each worker
+    # process) instead of the environment; short retries for the outage test.
+    from konductor import KubernetesStore
+
+    def _store() -> KubernetesStore:
+        return KubernetesStore(
+            os.environ["KONDUCTOR_NAMESPACE"],
+            kubeconfig=os.environ["KT_STORE_KUBECONFIG"],
+            retry_deadline=1.0,
+            request_timeout=3.0,
+        )
+
+    app.conf.konductor_store = _store
 
 ENTER = """
 local v = redis.call('INCR', KEYS[1])
@@ -92,6 +107,27 @@ def _postrun(sender: Any, kwargs: Any = None, state: str | None = None, **_: Any
     requeue_delay_max=1.0,
 )
 def gated(*, key: str, hold: float = 0.3) -> int:
+    enter(key)
+    try:
+        time.sleep(hold)
+    finally:
+        leave(key)
+    return os.getpid()
+
+
+# -- permits=1, waiting in the FIFO queue (holding the slot) for up to 1 s ------------
+
+
+@app.task(
+    base=CoordinatedTask,
+    semaphore="patient",
+    permits=1,
+    on_full="wait",
+    wait_timeout=1,
+    requeue_delay=0.2,
+    requeue_delay_max=1.0,
+)
+def patient(*, key: str, hold: float = 0.5) -> int:
     enter(key)
     try:
         time.sleep(hold)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from celery.result import AsyncResult
 
 from konductor.store import SEMAPHORE, KubernetesStore
 from tests.store.conftest import fresh_namespace
+from tests.support.tcpproxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integrations.celery_app"
@@ -109,11 +111,11 @@ class CeleryCluster:
                 os.killpg(p.pid, signal.SIGKILL)  # the group: pool children included
             p.wait(timeout=30)
 
-    def worker_logs(self) -> str:
+    def worker_logs(self, lines: int = 60) -> str:
         out = []
         for log in sorted(self.logs.glob("worker*.log")):
-            out.append(f"--- {log.name} (last 60 lines)\n")
-            out.extend(log.read_text(errors="replace").splitlines(keepends=True)[-60:])
+            out.append(f"--- {log.name} (last {lines} lines)\n")
+            out.extend(log.read_text(errors="replace").splitlines(keepends=True)[-lines:])
         return "".join(out)
 
     def check_alive(self) -> None:
@@ -165,9 +167,42 @@ class CeleryCluster:
     def cleanup(self) -> None:
         keys = list(self.redis.scan_iter(f"{self.key}*"))
         keys += [self.queue, f"kt-celery:{self.queue}:ready"]
+        keys += [f"_kombu.binding.{self.queue}", f"_kombu.binding_permanent.{self.queue}"]
         self.redis.delete(*keys)
         self.redis.close()
         self.client.close()
+
+
+class ProxyThread:
+    """A :class:`TcpProxy` to the API server, on an event loop of its own thread."""
+
+    def __init__(self, server: str) -> None:
+        host, port = server.removeprefix("https://").rsplit(":", 1)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.proxy = self._run(TcpProxy(host, int(port)).start())
+        self.port = self.proxy.port
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def cut(self) -> None:
+        """Refuse new connections and abort the open ones: the API server is unreachable."""
+        self.proxy.refusing = True
+        self.loop.call_soon_threadsafe(self.proxy.sever)
+
+    def restore(self) -> None:
+        self.proxy.refusing = False
+
+    def __enter__(self) -> ProxyThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._run(self.proxy.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
 
 
 @pytest.fixture

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 
-from tests.integrations.celery_support import CeleryCluster
+from tests.integrations.celery_support import CeleryCluster, ProxyThread
 from tests.integrations.celery_support import celery_cluster as celery_cluster
+from tests.store.conftest import kubeconfig_via
 
 pytestmark = pytest.mark.kubernetes
 
@@ -39,6 +41,24 @@ def test_twenty_tasks_never_exceed_two_permits(celery_cluster: CeleryCluster) ->
         f"\n20 tasks, permits=2: {elapsed:.1f}s, {c.count('state:RETRY')} re-queues, "
         f"{len(set(pids))} worker processes"
     )
+
+
+def test_on_full_wait_queues_then_requeues_after_wait_timeout(
+    celery_cluster: CeleryCluster,
+) -> None:
+    c = celery_cluster
+    c.start(count=2, concurrency=2)
+    results = [c.send("patient", key=c.key, hold=0.5) for _ in range(8)]
+    assert all(isinstance(c.get(r), int) for r in results)
+    assert c.count("total") == 8
+    assert c.count("max") == 1
+    # 8 x 0.5 s behind one permit: some waited longer than wait_timeout=1 s
+    # in the queue and were sent back.
+    assert c.count("state:RETRY") >= 1
+    status = c.semaphore_status("patient")
+    assert not status.get("holders")
+    assert not status.get("queue")  # no ticket left behind by the timed-out waits
+    print(f"\n8 tasks, permits=1, on_full='wait': {c.count('state:RETRY')} re-queues")
 
 
 def test_waiting_gated_tasks_hold_no_worker_slot(celery_cluster: CeleryCluster) -> None:
@@ -180,3 +200,28 @@ def test_threads_pool_creates_its_client_lazily(celery_cluster: CeleryCluster) -
     assert len(pids) == 1  # threads of one process, sharing one client
     assert c.count("total") == 8
     assert c.count("max") <= 2
+
+
+def test_gated_tasks_wait_out_a_store_outage(celery_cluster: CeleryCluster, tmp_path: Any) -> None:
+    # The workers reach the API server through a proxy the test controls, with
+    # the store built by app.conf.konductor_store (a factory). While the API
+    # server is unreachable the gate cannot be decided: tasks are re-queued,
+    # none runs ungated and none fails; once it is back, all complete.
+    c = celery_cluster
+    with ProxyThread(c.kube.server) as proxy:
+        c.env["KT_STORE_FACTORY"] = "1"
+        c.env["KT_STORE_KUBECONFIG"] = str(
+            kubeconfig_via(c.kube.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+        )
+        c.start(count=2, concurrency=2)
+        proxy.cut()
+        results = [c.send("gated", key=c.key, hold=0.2) for _ in range(4)]
+        c.wait_for(lambda: c.count("state:RETRY") >= 8, "re-queues during the outage")
+        assert c.count("total") == 0  # nothing ran without its permit
+        assert all(r.state == "RETRY" for r in results)
+        proxy.restore()
+        assert all(isinstance(c.get(r, timeout=180), int) for r in results)
+    assert c.count("total") == 4
+    assert c.count("max") <= 2
+    assert c.count("state:FAILURE") == 0
+    assert "the coordination store is unavailable" in c.worker_logs(lines=100000)
