@@ -118,8 +118,13 @@ class SyncGrant(Generic[G]):
         self.grant.ensure_held()
 
     def release(self) -> None:
-        """Give the grant back. Idempotent."""
-        self._sync._call(self.grant.release)
+        """Give the grant back. Idempotent.
+
+        Shielded: if the caller is interrupted (Ctrl-C, a soft time limit), the
+        release still completes on the client's loop instead of being cut off
+        mid-write.
+        """
+        self._sync._call(lambda: asyncio.shield(self.grant.release()))
 
     def __repr__(self) -> str:
         return f"<Sync{self.grant!r}>"
@@ -227,7 +232,11 @@ class SyncClient:
                 async def build() -> Client:
                     return Client(self._store(), namespace=self._namespace, identity=self._identity)
 
-                self._client = portal.call(build)
+                try:
+                    self._client = portal.call(build)
+                except BaseException:
+                    portal.stop()  # no thread or loop left behind by a failed start
+                    raise
                 self._portal = portal
             return self._portal
 

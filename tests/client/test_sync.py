@@ -189,3 +189,16 @@ def test_sync_barrier_and_lease_across_clients(kube_ns: tuple[Any, str]) -> None
         taken = b.acquire_lease("sync-leader", ttl=3, timeout=30)
         assert taken.token > held_token
         taken.release()
+
+
+def test_a_failed_start_leaves_no_thread_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    from konductor import ConfigurationError
+
+    monkeypatch.setenv("KONDUCTOR_STORE", "bogus")
+    before = {t.ident for t in threading.enumerate()}
+    client = SyncClient()
+    for _ in range(3):
+        with pytest.raises(ConfigurationError):
+            client.acquire_semaphore("s", permits=1)
+    leaked = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert [t.name for t in leaked] == []
