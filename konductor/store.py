@@ -27,6 +27,7 @@ from konductor._store._kinds import (
     Kind,
 )
 from konductor._store._kubernetes import KubernetesStore
+from konductor._store._local import LocalStore
 from konductor._store._memory import MemoryStore
 
 __all__ = (
@@ -43,6 +44,7 @@ __all__ = (
     "WAITGROUP",
     "Kind",
     "KubernetesStore",
+    "LocalStore",
     "MemoryStore",
     "ObjectList",
     "Store",

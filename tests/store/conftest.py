@@ -1,9 +1,11 @@
 """Fixtures running the store conformance suite over every backend.
 
-``backend`` is parametrized: ``memory`` (in-process) and ``kubernetes`` (the
-real kube-apiserver from the session's ``kube_env``, a fresh namespace per
-test). Each backend says how to force the store to forget old versions, so the
-expired-watch recovery is exercised on both.
+``backend`` is parametrized: ``memory`` (in-process), ``local`` (a fresh SQLite
+file per test; ``another()`` opens a second LocalStore on the same file, with
+its own connections, as another process would) and ``kubernetes`` (the real
+kube-apiserver from the session's ``kube_env``, a fresh namespace per test).
+Each backend says how to force the store to forget old versions, so the
+expired-watch recovery is exercised on all of them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from konductor.store import KubernetesStore, MemoryStore, Store
+from konductor.store import KubernetesStore, LocalStore, MemoryStore, Store
 
 _counter = itertools.count()
 
@@ -55,12 +57,22 @@ def kubeconfig_via(kubeconfig: Path, server: str, directory: Path) -> Path:
     return path
 
 
-@pytest.fixture(params=["memory", pytest.param("kubernetes", marks=pytest.mark.kubernetes)])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+@pytest.fixture(
+    params=["memory", "local", pytest.param("kubernetes", marks=pytest.mark.kubernetes)]
+)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "memory":
         memory = MemoryStore()
         # A single MemoryStore is the whole "server": every client shares it.
         b = Backend("memory", memory, memory.compact, lambda **_: memory)
+    elif request.param == "local":
+        db = tmp_path / "konductor.db"
+
+        def new_local(**kwargs: Any) -> Store:
+            return LocalStore(db, **kwargs)
+
+        local = LocalStore(db)
+        b = Backend("local", local, local.compact, new_local)
     else:
         env = request.getfixturevalue("kube_crds")
         ns = fresh_namespace(env)

@@ -1,0 +1,70 @@
+"""A worker process for the multi-process tests of the local (SQLite) store.
+
+Runs TASKS concurrent tasks, each acquiring the semaphore ROUNDS times through
+``Client(LocalStore(DB))``; inside, a Redis counter (a witness independent of
+konductor and of SQLite) records how many holders are inside at once. With
+``--hold-forever`` it acquires once, prints HELD and blocks (to be SIGKILLed
+by the test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+import redis.asyncio as redis
+
+from konductor import Client
+from konductor.store import LocalStore
+
+MAX_SCRIPT = """
+local v = redis.call('INCR', KEYS[1])
+local m = tonumber(redis.call('GET', KEYS[2]) or '0')
+if v > m then redis.call('SET', KEYS[2], v) end
+redis.call('INCR', KEYS[3])
+return v
+"""
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--db", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--permits", type=int, default=3)
+    p.add_argument("--tasks", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--ttl", type=float, default=10)
+    p.add_argument("--key", default="witness")
+    p.add_argument("--hold-forever", action="store_true")
+    args = p.parse_args()
+
+    async with Client(LocalStore(args.db)) as client:
+        if args.hold_forever:
+            await client.acquire_semaphore(args.name, permits=args.permits, ttl=args.ttl)
+            print("HELD", flush=True)
+            await asyncio.Event().wait()
+        r = redis.Redis(host="127.0.0.1", port=6379)
+        inside, peak, total = f"{args.key}:inside", f"{args.key}:max", f"{args.key}:total"
+        enter = r.register_script(MAX_SCRIPT)
+
+        async def task() -> None:
+            for _ in range(args.rounds):
+                async with client.semaphore(
+                    args.name, permits=args.permits, ttl=args.ttl, timeout=300
+                ):
+                    await enter(keys=[inside, peak, total])
+                    await asyncio.sleep(0.01)
+                    await r.decr(inside)
+
+        started = time.monotonic()
+        await asyncio.gather(*(task() for _ in range(args.tasks)))
+        elapsed = time.monotonic() - started
+        await r.aclose()
+    print(f"DONE {elapsed:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    sys.exit(0)
