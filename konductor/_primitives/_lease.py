@@ -50,25 +50,9 @@ from konductor._store._kinds import LEASE
 log = logging.getLogger("konductor")
 T = TypeVar("T")
 
-#: The holder gives leadership up when this fraction of ``leaseDurationSeconds``
-#: has passed since it sent its last successful renewal. Others may take over
-#: only after observing the record unchanged for the whole duration, which
-#: starts after that send: the 10% margin makes the old leader's body be
-#: cancelled strictly before anyone else can become leader (client-go keeps the
-#: same kind of margin with RenewDeadline < LeaseDuration).
-OWN_DEADLINE = 0.9
-
 
 def _entries(obj: StoredObject) -> list[JSON]:
     return state.holder_entries(obj.spec)
-
-
-class _LeaseEntry(Entry):
-    """A lease's renewal entry: lost at :data:`OWN_DEADLINE` of its duration."""
-
-    @property
-    def deadline(self) -> float:
-        return self.sent_at + self.ttl * OWN_DEADLINE
 
 
 class Lease(Grant):
@@ -260,7 +244,7 @@ class _LeaseSite:
             out = state.renew(spec, identity, token, duration, wall)
             return (out.spec, set()) if out.spec is not None else (None, set(ids))
 
-        entry = _LeaseEntry(
+        entry = Entry(
             self.hub,
             f"{identity}#{token}",
             float(duration),

@@ -26,6 +26,14 @@ from konductor._store._base import JSON, StoredObject
 
 log = logging.getLogger("konductor")
 
+#: A holder gives its grant up when this fraction of the TTL has passed since it
+#: sent its last successful renewal. Others may reclaim the entry only after
+#: observing it unchanged for the whole TTL, which starts after that send: the
+#: 10% margin makes the holder's guarded block be cancelled strictly before
+#: anyone else can be granted (client-go keeps the same kind of margin with
+#: RenewDeadline < LeaseDuration).
+OWN_DEADLINE = 0.9
+
 RenewFn = Callable[[JSON, set[str], str], tuple[JSON | None, set[str]]]
 
 
@@ -47,7 +55,8 @@ class Entry:
 
     @property
     def deadline(self) -> float:
-        return self.sent_at + self.ttl
+        """When the holder gives the grant up if no renewal succeeded since ``sent_at``."""
+        return self.sent_at + self.ttl * OWN_DEADLINE
 
     def schedule(self, now: float) -> None:
         delay = self.ttl / 3 * random.uniform(0.85, 1.0)
