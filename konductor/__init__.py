@@ -44,6 +44,7 @@ from konductor._primitives._once import OnceStatus
 from konductor._primitives._semaphore import Permit
 from konductor._primitives._waitgroup import WaitGroupInfo
 from konductor._store._kubernetes import KubernetesStore
+from konductor._store._local import LocalStore
 from konductor._store._memory import MemoryStore
 from konductor._sync import SyncClient, SyncGrant, SyncGuard
 
@@ -69,6 +70,7 @@ __all__ = (
     "KubernetesStore",
     "Lease",
     "LeaseLost",
+    "LocalStore",
     "Lock",
     "LostError",
     "MemoryStore",

@@ -59,7 +59,7 @@ def store_from_spec(spec: str, namespace: str | None = None) -> Store:
     if kind == "local":
         from konductor._store._local import LocalStore
 
-        return LocalStore(path or None, namespace=ns or "default")
+        return LocalStore(os.path.expanduser(path) if path else None, namespace=ns or "default")
     raise ConfigurationError(
         f"{STORE_ENV}={spec!r} is not a store konductor knows; valid values: {VALID_STORES}"
     )

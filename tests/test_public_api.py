@@ -31,6 +31,7 @@ def test_top_level_exports_are_pinned() -> None:
             "KonductorError",
             "KubernetesStore",
             "Lease",
+            "LocalStore",
             "LeaseLost",
             "Lock",
             "LostError",

@@ -130,3 +130,12 @@ def test_identities_are_unique_per_client_and_overridable(
     assert a.identity.startswith("web-7f9c-")
     assert a.identity != b.identity
     assert Client(MemoryStore(), identity="me").identity == "me"
+
+
+def test_konductor_store_local_with_a_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from konductor import LocalStore
+
+    monkeypatch.setenv("KONDUCTOR_STORE", "local:~/state/k.db")
+    client = Client()
+    assert isinstance(client.store, LocalStore)
+    assert str(client.store.path) == str(tmp_path / "state" / "k.db")  # ~ expanded
