@@ -20,7 +20,8 @@ Decisions are taken on the HTTP status and the ``reason`` of the Kubernetes
     ├── LostError                         a held grant was lost (not renewed in time)
     │   ├── SemaphoreLost
     │   ├── LeaseLost
-    │   └── MutexLost
+    │   ├── MutexLost
+    │   └── OnceLost
     └── StoreError                        a store call failed
         ├── NotFound                      the object does not exist
         ├── CRDNotInstalled               the resource type itself is missing
@@ -51,6 +52,7 @@ __all__ = [
     "MutexLost",
     "NotFound",
     "OnceFailed",
+    "OnceLost",
     "SemaphoreLost",
     "StoreError",
     "StoreUnavailable",
@@ -165,3 +167,7 @@ class LeaseLost(LostError):
 
 class MutexLost(LostError):
     """A mutex (or read-write mutex) lock was lost while held."""
+
+
+class OnceLost(LostError):
+    """A once-runner's claim was lost while its function ran; nothing was recorded."""

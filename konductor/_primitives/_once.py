@@ -25,9 +25,9 @@ from konductor._backoff import Backoff
 from konductor._errors import (
     AlreadyExists,
     InvalidArgument,
-    LostError,
     NotFound,
     OnceFailed,
+    OnceLost,
     StoreUnavailable,
     WaitTimeout,
 )
@@ -203,8 +203,8 @@ class _Once:
             drop=lambda: self._abandon(claim_id),
         )
 
-    def _lost(self, attempt: int, reason: str) -> LostError:
-        return LostError(
+    def _lost(self, attempt: int, reason: str) -> OnceLost:
+        return OnceLost(
             f"once {self.name!r}: the runner's claim (attempt {attempt}) was lost while "
             f"running: {reason}; the function was cancelled and not recorded as done, so "
             "another caller will run it"
@@ -253,7 +253,7 @@ class _Once:
         """Write Done (``error`` None) or Failed, retrying while the claim is alive.
 
         Raises:
-            LostError: the claim was lost or taken away before the record was
+            OnceLost: the claim was lost or taken away before the record was
                 written; nothing was recorded.
         """
         clock = self.rt.clock
@@ -360,7 +360,7 @@ class OnceMethods(HasRuntime):
             InvalidArgument / InvalidName: bad arguments, before any API call.
             WaitTimeout: another caller's run did not end within ``timeout``.
             OnceFailed: (to a waiter) the run it waited for failed.
-            LostError: (to the runner) its claim was lost while ``fn`` ran
+            OnceLost: (to the runner) its claim was lost while ``fn`` ran
                 (renewals failed for a whole TTL, or the once was reset with
                 ``force``); ``fn`` was cancelled, nothing was recorded and
                 another caller will run it.
@@ -386,7 +386,7 @@ class OnceMethods(HasRuntime):
         The attempt counter (the fencing token) is kept. A run in progress is
         left alone unless ``force=True``, which revokes it: its runner loses
         its claim at its next renewal (within ``ttl/3``), its function is
-        cancelled and it raises :class:`LostError`, so the next run may
+        cancelled and it raises :class:`OnceLost`, so the next run may
         overlap the revoked one for up to that long. A run whose runner has
         stopped renewing (seen unchanged for its TTL) is reset without
         ``force``. Returns the status before the reset.
