@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -480,3 +482,39 @@ async def test_the_dependency_says_when_the_lifespan_is_missing() -> None:
 
     with pytest.raises(RuntimeError, match="konductor_lifespan"):
         await get(app, "/state", {})
+
+
+# -- the module ------------------------------------------------------------------------
+
+
+def test_without_fastapi_the_error_names_the_install_command() -> None:
+    code = (
+        "import sys; sys.modules['fastapi'] = None\n"
+        "try:\n"
+        "    import konductor.integrations.fastapi\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "pip install 'konductor[fastapi]'" in out.stdout, out.stderr
+
+
+def test_public_names() -> None:
+    import konductor.integrations.fastapi as module
+
+    assert set(module.__all__) == {
+        "DEFAULT_STARTUP_TIMEOUT",
+        "BarrierConfig",
+        "GateConfig",
+        "KonductorLifespan",
+        "KonductorState",
+        "KonductorStateDep",
+        "LeaderConfig",
+        "StartupTimeout",
+        "get_konductor_state",
+        "konductor_lifespan",
+    }
+    for name in module.__all__:
+        assert hasattr(module, name)
