@@ -1,0 +1,1 @@
+"""Private parts of :mod:`konductor.integrations.sqlalchemy` (needs SQLAlchemy)."""

@@ -1,0 +1,873 @@
+"""The per-process reservation behind a CoordinatedEngine: permits, slots, idle queue.
+
+Why slots: every pod sizes its pool locally, so the sum over pods overruns
+the database. Here a process first *reserves* permits on a cluster semaphore
+(one grant of ``count=k`` permits, so a big request is never starved by
+smaller ones in the FIFO queue) and then owns exactly that many **slots**.
+A slot is either idle in the queue — as an open connection, or as a token
+(``None``: a permit whose connection is not opened yet) — or checked out.
+A new database connection is opened only by a checkout that took a token,
+so open connections never outnumber slots, and slots never outnumber the
+permits held. No API call happens per checkout: the pool only counts.
+
+Growing adds grants (``try_acquire`` of one permit, never queueing, so a
+process waiting for its first permits is served first) and puts a token per
+new permit into the queue, which wakes a waiting checkout at once: that is
+how the pool is "resized" without rebuilding it.
+
+Losing a grant (it could not be renewed within its TTL) is logged as an
+error and turns its permits into **debt**: idle connections and tokens are
+dropped at once, and connections in use are closed when they come back,
+until the slots match what is still held. New connections beyond what is
+held are never handed out.
+
+Every structure is per process: after ``fork()`` the child forgets the
+parent's grants and connections (without closing them: they are the
+parent's) and reserves its own on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures.thread  # noqa: F401 - registers its exit hook before ours
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy.util as sa_util
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import queue as sqla_queue
+
+from konductor._client import Client
+from konductor._errors import InvalidArgument, KonductorError
+from konductor._primitives._semaphore import Permit
+from konductor._store._base import Store
+from konductor._sync import SyncClient, SyncGrant
+
+log = logging.getLogger("konductor.sqlalchemy")
+
+# SQLAlchemy 2.1 calls it await_, 2.0 await_only: both run a coroutine from the
+# greenlet SQLAlchemy's asyncio layer runs pool code in.
+await_: Callable[[Any], Any] = getattr(sa_util, "await_", None) or sa_util.await_only
+
+Mode = Literal["reserve", "per_connection"]
+StoreSource = Store | Callable[[], Store] | None
+Item = ConnectionPoolEntry | None  # an idle connection, or a token (a permit, no connection yet)
+Handle = SyncGrant[Permit] | Permit
+LOSS_CHECK = 1.0  # seconds between the background checks for a lost grant (local, no API call)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A CoordinatedEngine's validated configuration."""
+
+    semaphore: str
+    max_connections: int | None
+    pool_size: int
+    min_connections: int
+    mode: Mode
+    ttl: float
+    reserve_timeout: float | None
+    grow_interval: float | None
+
+
+def _permit(handle: Handle) -> Permit:
+    return handle.grant if isinstance(handle, SyncGrant) else handle
+
+
+def _close(record: ConnectionPoolEntry) -> None:
+    try:
+        record.close()
+    except Exception:
+        log.warning("closing a pooled connection failed", exc_info=True)
+
+
+class Core:
+    """Accounting shared by the sync and async reservations (one per engine and process)."""
+
+    is_async = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.closed = False
+        self.generation = 0
+        self._inherited: list[object] = []  # a parent's pool state, kept alive (see after_fork)
+        self._reset()
+        _cores.add(self)
+
+    # -- per-process state ------------------------------------------------------------
+
+    def _new_queue(self) -> sqla_queue.QueueCommon[Item]:
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        self.pid = os.getpid()
+        self.generation += 1
+        self._lock = threading.Lock()
+        self.queue = self._new_queue()
+        self._records: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
+        self.bound: weakref.WeakKeyDictionary[ConnectionPoolEntry, Handle] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.grants: list[Handle] = []
+        self._lost: list[Handle] = []  # lost grants still to be released (hygiene)
+        self.held = 0  # permits held
+        self.slots = 0  # idle connections + tokens + checked out
+        self.debt = 0  # slots owed back after a loss or a release
+        self.in_use = 0  # checked out (or being connected)
+        self.lost_total = 0
+        self.started = False
+        self.demand = False  # a checkout found the pool empty since the last growth try
+        self.last_grow = float("-inf")
+        self.created_semaphore = False
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's grants and connections.
+
+        The parent's connections are neither closed nor returned (closing a
+        shared socket would end the parent's session); they are only kept
+        referenced so that garbage collection never touches them either.
+        """
+        self._inherited.append((self.queue, self._records, self.bound))
+        self._reset()
+
+    def check_process(self) -> None:
+        if self.pid != os.getpid():  # forked without os.register_at_fork (not on Linux)
+            self.after_fork()
+        if self.closed:
+            raise KonductorError(
+                f"this CoordinatedEngine (semaphore {self.s.semaphore!r}) is closed"
+            )
+
+    # -- slots ------------------------------------------------------------------------
+
+    def add(self, handle: Handle, generation: int) -> bool:
+        """Count a new grant and put a token per new permit into the queue."""
+        count = _permit(handle).count
+        with self._lock:
+            if generation != self.generation or self.pid != os.getpid():
+                return False
+            self.grants.append(handle)
+            self.held += count
+            if self.s.mode == "per_connection":
+                return True
+            covered = min(self.debt, count)
+            self.debt -= covered
+            fresh = count - covered
+            self.slots += fresh
+        for _ in range(fresh):
+            self.queue.put_nowait(None)
+        return True
+
+    def claim(self, item: Item) -> bool:
+        """A checkout took ``item``: hand it out (True), or pay a debt with it (False)."""
+        with self._lock:
+            reclaim = self.debt > 0
+            if reclaim:
+                self.debt -= 1
+                self.slots -= 1
+            else:
+                self.in_use += 1
+        if reclaim and item is not None:
+            self._records.discard(item)
+            _close(item)
+        return not reclaim
+
+    def created(self, record: ConnectionPoolEntry) -> None:
+        self._records.add(record)
+
+    def unclaim_token(self) -> None:
+        """Opening a connection for a token failed: the token goes back."""
+        with self._lock:
+            self.in_use -= 1
+            if self.debt > 0:
+                self.debt -= 1
+                self.slots -= 1
+                return
+        self.queue.put_nowait(None)
+
+    def give_back(self, record: ConnectionPoolEntry) -> None:
+        """A connection came back: keep it idle, or close it to pay a debt."""
+        with self._lock:
+            if record not in self._records:  # the parent's, from before a fork
+                return
+            self.in_use -= 1
+            reclaim = self.debt > 0
+            if reclaim:
+                self.debt -= 1
+                self.slots -= 1
+        if reclaim:
+            self._records.discard(record)
+            _close(record)
+        else:
+            self.queue.put_nowait(record)
+
+    def reclaim_idle(self) -> None:
+        """Pay debts from the idle queue now: close idle connections, drop tokens."""
+        while True:
+            with self._lock:
+                if self.debt <= 0:
+                    return
+            try:
+                item = self.queue.get_nowait()
+            except sqla_queue.Empty:
+                return
+            with self._lock:
+                reclaim = self.debt > 0
+                if reclaim:
+                    self.debt -= 1
+                    self.slots -= 1
+            if not reclaim:
+                self.queue.put_nowait(item)
+                return
+            if item is not None:
+                self._records.discard(item)
+                _close(item)
+
+    def close_idle(self) -> None:
+        """``Pool.dispose()``: close idle connections; their permits stay held as tokens."""
+        items: list[Item] = []
+        while True:
+            try:
+                items.append(self.queue.get_nowait())
+            except sqla_queue.Empty:
+                break
+        for item in items:
+            if item is not None:
+                self._records.discard(item)
+                _close(item)
+            self.queue.put_nowait(None)
+
+    # -- loss ---------------------------------------------------------------------------
+
+    def collect_lost(self) -> None:
+        """Drop grants that were lost (a local check, no API call); log each as an error."""
+        with self._lock:
+            lost = [h for h in self.grants if _permit(h).is_lost]
+            if not lost:
+                return
+            for h in lost:
+                self.grants.remove(h)
+                count = _permit(h).count
+                self.held -= count
+                self.lost_total += count
+                if self.s.mode == "reserve":
+                    self.debt += count
+            self._lost.extend(lost)
+            held, in_use = self.held, self.in_use
+        for h in lost:
+            p = _permit(h)
+            if self.s.mode == "reserve":
+                log.error(
+                    "lost %d reserved connection permit(s) on semaphore %r (token %d): %s. "
+                    "Idle connections are closed; this process now hands out at most %d "
+                    "connection(s); the %d in use are closed when they are returned.",
+                    p.count,
+                    p.name,
+                    p.token,
+                    p.lost_reason or "lost",
+                    held,
+                    in_use,
+                )
+            else:
+                log.error(
+                    "lost the permit (token %d) of a connection in use on semaphore %r: %s. "
+                    "The connection is closed when it is returned; until then it is not "
+                    "counted cluster-wide.",
+                    p.token,
+                    p.name,
+                    p.lost_reason or "lost",
+                )
+        if self.s.mode == "reserve":
+            self.reclaim_idle()
+
+    def take_lost(self) -> list[Handle]:
+        with self._lock:
+            lost, self._lost = self._lost, []
+        return lost
+
+    def detach_all(self) -> tuple[list[Handle], int]:
+        """Stop; owe back every slot; close what is idle. Returns the grants to release."""
+        with self._lock:
+            self.generation += 1
+            self.started = False
+            if self.s.mode == "reserve":
+                handles = self.grants + self._lost
+                self.grants, self._lost = [], []
+                self.held = 0
+                self.debt = self.slots
+            else:  # per-connection permits go back when their connection does
+                handles, self._lost = self._lost, []
+            in_use = self.in_use
+        self.reclaim_idle()
+        return handles, in_use
+
+    # -- growth -----------------------------------------------------------------------
+
+    def note_demand(self) -> None:
+        """A checkout found no idle slot: ask the background task to try growing."""
+        if not self.demand:
+            self.demand = True
+            self.wake()
+
+    def wake(self) -> None:
+        raise NotImplementedError
+
+    def grow_due(self) -> bool:
+        s = self.s
+        if s.mode != "reserve" or s.grow_interval is None:
+            return False
+        with self._lock:
+            if not self.demand or self.held >= s.pool_size:
+                return False
+            now = time.monotonic()
+            if now - self.last_grow < s.grow_interval:
+                return False
+            self.demand = False
+            self.last_grow = now
+            return True
+
+    def wants_more(self, generation: int) -> bool:
+        with self._lock:
+            return generation == self.generation and self.held < self.s.pool_size
+
+    def next_wait(self) -> float:
+        if self.demand and self.s.grow_interval is not None:
+            due = self.last_grow + self.s.grow_interval - time.monotonic()
+            return max(0.05, min(LOSS_CHECK, due))
+        return LOSS_CHECK
+
+    def permits_arg(self) -> int | None:
+        """``max_connections`` on the first call (to create the semaphore), then ``None``.
+
+        Passing it again would log the core's "cluster wins" warning on every
+        growth try when somebody changed the cluster's permit count.
+        """
+        return None if self.created_semaphore else self.s.max_connections
+
+    def top_up_counts(self) -> range:
+        """After waiting for the minimum: the counts to try for the rest, largest first."""
+        with self._lock:
+            return range(self.s.pool_size - self.held, 0, -1)
+
+    def reserved(self, started: float) -> None:
+        log.info(
+            "reserved %d of %d wanted connection permit(s) on semaphore %r in %.1fs",
+            self.held,
+            self.s.pool_size,
+            self.s.semaphore,
+            time.monotonic() - started,
+        )
+
+    def status(self) -> str:
+        with self._lock:
+            return (
+                f"semaphore={self.s.semaphore!r} mode={self.s.mode} held={self.held} "
+                f"slots={self.slots} in_use={self.in_use} owed={self.debt} "
+                f"lost={self.lost_total} wanted={self.s.pool_size}"
+            )
+
+    def shutdown(self) -> None:
+        """At process exit."""
+
+    # -- what the pools call; the sync and async reservations differ -------------------
+
+    def before_checkout(self) -> None:
+        """Check the process and reserve on first use (blocks or awaits as needed)."""
+        raise NotImplementedError
+
+    def acquire_one(self) -> Handle:
+        """Per-connection mode: one permit, waiting up to ``reserve_timeout``."""
+        raise NotImplementedError
+
+    def release_one(self, handle: Handle) -> None:
+        raise NotImplementedError
+
+    def bind(self, record: ConnectionPoolEntry, handle: Handle) -> None:
+        """Per-connection mode: ``record`` was opened under ``handle``."""
+        with self._lock:
+            self.bound[record] = handle
+            self.in_use += 1
+
+    def unbind(self, record: ConnectionPoolEntry) -> Handle | None:
+        with self._lock:
+            handle = self.bound.pop(record, None)
+            if handle is not None:
+                self.in_use -= 1
+            return handle
+
+
+# --- the blocking reservation (sync Engine), on a konductor.SyncClient ---------------
+
+
+def _release_sync(handle: Handle) -> None:
+    assert isinstance(handle, SyncGrant)
+    try:
+        handle.release()
+    except KonductorError as exc:
+        log.warning("could not release %r (the permits expire after their TTL): %s", handle, exc)
+
+
+class SyncCore(Core):
+    """Reservation for a sync ``Engine``: SyncClient calls, a daemon maintenance thread."""
+
+    def __init__(self, settings: Settings, client: SyncClient | None, store: StoreSource) -> None:
+        self._given = client
+        self._store = store
+        self._own: SyncClient | None = None
+        super().__init__(settings)
+
+    def _new_queue(self) -> sqla_queue.QueueCommon[Item]:
+        return sqla_queue.Queue(0, use_lifo=True)
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+
+    def client(self) -> SyncClient:
+        if self._given is not None:
+            return self._given
+        if self._own is None:
+            # One SyncClient for the engine's lifetime: built from a store factory
+            # it rebuilds itself in a forked child (see konductor._sync).
+            self._own = SyncClient(store=self._store)
+        return self._own
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- start ------------------------------------------------------------------------
+
+    def before_checkout(self) -> None:
+        self.check_process()
+        if not self.started:
+            self.start()
+
+    def start(self) -> None:
+        """Reserve (reserve mode) and start the maintenance thread; idempotent.
+
+        Raises:
+            AcquireTimeout: not even ``min_connections`` permits within ``reserve_timeout``.
+        """
+        with self._start_lock:
+            self.check_process()
+            if self.started:
+                return
+            generation = self.generation
+            if self.s.mode == "reserve":
+                t0 = time.monotonic()
+                handle = self._reserve()
+                self.add(handle, generation)
+                if handle.grant.count < self.s.pool_size:
+                    self._top_up(generation)
+                self.reserved(t0)
+            with self._lock:
+                self.started = True
+            threading.Thread(
+                target=self._maintain,
+                args=(generation,),
+                name=f"konductor-sqlalchemy-{self.s.semaphore}",
+                daemon=True,
+            ).start()
+            _register_exit_hooks()
+
+    def _reserve(self) -> SyncGrant[Permit]:
+        s, client = self.s, self.client()
+        for count in range(s.pool_size, s.min_connections, -1):
+            try:
+                handle = client.try_acquire_semaphore(
+                    s.semaphore, self.permits_arg(), count=count, ttl=s.ttl
+                )
+            except InvalidArgument:  # more than the cluster's permits (kubectl edit): fewer
+                self.created_semaphore = True
+                continue
+            self.created_semaphore = True
+            if handle is not None:
+                return handle
+        handle = client.acquire_semaphore(
+            s.semaphore,
+            self.permits_arg(),
+            count=s.min_connections,
+            ttl=s.ttl,
+            timeout=s.reserve_timeout,
+        )
+        self.created_semaphore = True
+        return handle
+
+    def _top_up(self, generation: int) -> None:
+        # The minimum came from the queue: whatever else is free now is ours too.
+        s, client = self.s, self.client()
+        for count in self.top_up_counts():
+            try:
+                handle = client.try_acquire_semaphore(s.semaphore, None, count=count, ttl=s.ttl)
+            except KonductorError:
+                return
+            if handle is not None:
+                if not self.add(handle, generation):
+                    _release_sync(handle)
+                return
+
+    # -- background -------------------------------------------------------------------
+
+    def _maintain(self, generation: int) -> None:
+        while True:
+            with self._lock:
+                if generation != self.generation or self.pid != os.getpid():
+                    return
+            try:
+                self.collect_lost()
+                for handle in self.take_lost():
+                    _release_sync(handle)
+                if self.grow_due():
+                    self._grow(generation)
+            except Exception:
+                log.exception("konductor SQLAlchemy maintenance failed; retrying")
+            self._wake.wait(self.next_wait())
+            self._wake.clear()
+
+    def _grow(self, generation: int) -> None:
+        s, client = self.s, self.client()
+        while self.wants_more(generation):
+            try:
+                handle = client.try_acquire_semaphore(s.semaphore, None, count=1, ttl=s.ttl)
+            except KonductorError as exc:
+                log.warning("could not grow the pool on semaphore %r: %s", s.semaphore, exc)
+                return
+            if handle is None:
+                return
+            if not self.add(handle, generation):
+                _release_sync(handle)
+                return
+            log.info("pool on semaphore %r grew to %d", s.semaphore, self.held)
+
+    # -- per-connection mode ----------------------------------------------------------
+
+    def acquire_one(self) -> Handle:
+        s = self.s
+        handle = self.client().acquire_semaphore(
+            s.semaphore, self.permits_arg(), count=1, ttl=s.ttl, timeout=s.reserve_timeout
+        )
+        self.created_semaphore = True
+        self.add(handle, self.generation)
+        return handle
+
+    def release_one(self, handle: Handle) -> None:
+        with self._lock:
+            if handle in self.grants:
+                self.grants.remove(handle)
+                self.held -= 1
+        _release_sync(handle)
+
+    # -- release ------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Close idle connections, then give the permits back; the engine may start again."""
+        with self._start_lock:
+            if self.pid != os.getpid():
+                self.after_fork()
+                return
+            handles, in_use = self.detach_all()
+            self._wake.set()
+            if in_use and self.s.mode == "reserve":
+                log.warning(
+                    "released the reservation on semaphore %r with %d connection(s) still "
+                    "checked out: they are closed when returned, and not counted until then",
+                    self.s.semaphore,
+                    in_use,
+                )
+            for handle in handles:
+                _release_sync(handle)
+
+    def close(self) -> None:
+        self.release()
+        self.closed = True
+        if self._own is not None:
+            own, self._own = self._own, None
+            own.close()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            in_use = self.in_use
+        if in_use:
+            # Threads still use the engine while the interpreter winds down:
+            # keep the permits (they expire after the TTL) rather than
+            # release them under connections that are still open.
+            log.info(
+                "process exit with %d connection(s) in use on semaphore %r: the permits "
+                "are left to expire after their TTL",
+                in_use,
+                self.s.semaphore,
+            )
+            return
+        if self.started or self._own is not None:
+            self.close()
+
+
+# --- the async reservation (AsyncEngine), on a konductor.Client ----------------------
+
+
+class AsyncCore(Core):
+    """Reservation for an ``AsyncEngine``: the async Client and a maintenance task.
+
+    Pool code runs in SQLAlchemy's greenlet on the event loop; it reaches the
+    async client through ``await_`` and never blocks the loop.
+    """
+
+    is_async = True
+
+    def __init__(self, settings: Settings, client: Client | None, store: StoreSource) -> None:
+        self._given = client
+        self._store = store
+        self._own: Client | None = None
+        super().__init__(settings)
+
+    def _new_queue(self) -> sqla_queue.QueueCommon[Item]:
+        return sqla_queue.AsyncAdaptedQueue(0, use_lifo=True)
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._own = None  # a parent's client: its connections and loop are not ours
+        self._start_lock: asyncio.Lock | None = None
+        self._wake_event: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def client(self) -> Client:
+        if self._given is not None:
+            return self._given
+        if self._own is None:
+            source = self._store
+            store = source() if callable(source) and not isinstance(source, Store) else source
+            self._own = Client(store)
+        return self._own
+
+    def wake(self) -> None:
+        if self._wake_event is not None:
+            self._wake_event.set()
+
+    # -- start ------------------------------------------------------------------------
+
+    def before_checkout(self) -> None:
+        """From the pool, inside SQLAlchemy's greenlet."""
+        self.check_process()
+        if not self.started:
+            await_(self.start())
+
+    async def start(self) -> None:
+        """Reserve (reserve mode) and start the maintenance task; idempotent.
+
+        Raises:
+            AcquireTimeout: not even ``min_connections`` permits within ``reserve_timeout``.
+        """
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            self.check_process()
+            if self.started:
+                return
+            generation = self.generation
+            if self.s.mode == "reserve":
+                t0 = time.monotonic()
+                permit = await self._reserve()
+                self.add(permit, generation)
+                if permit.count < self.s.pool_size:
+                    await self._top_up(generation)
+                self.reserved(t0)
+            with self._lock:
+                self.started = True
+            self._wake_event = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(
+                self._maintain(generation), name=f"konductor-sqlalchemy-{self.s.semaphore}"
+            )
+
+    async def _reserve(self) -> Permit:
+        s, client = self.s, self.client()
+        for count in range(s.pool_size, s.min_connections, -1):
+            try:
+                permit = await client.try_acquire_semaphore(
+                    s.semaphore, self.permits_arg(), count=count, ttl=s.ttl
+                )
+            except InvalidArgument:
+                self.created_semaphore = True
+                continue
+            self.created_semaphore = True
+            if permit is not None:
+                return permit
+        permit = await client.acquire_semaphore(
+            s.semaphore,
+            self.permits_arg(),
+            count=s.min_connections,
+            ttl=s.ttl,
+            timeout=s.reserve_timeout,
+        )
+        self.created_semaphore = True
+        return permit
+
+    async def _top_up(self, generation: int) -> None:
+        s, client = self.s, self.client()
+        for count in self.top_up_counts():
+            try:
+                permit = await client.try_acquire_semaphore(
+                    s.semaphore, None, count=count, ttl=s.ttl
+                )
+            except KonductorError:
+                return
+            if permit is not None:
+                if not self.add(permit, generation):
+                    with contextlib.suppress(KonductorError):
+                        await permit.release()
+                return
+
+    # -- background -------------------------------------------------------------------
+
+    async def _maintain(self, generation: int) -> None:
+        try:
+            while generation == self.generation and self.pid == os.getpid():
+                try:
+                    await greenlet_spawn(self.collect_lost)  # may close connections
+                    for handle in self.take_lost():
+                        with contextlib.suppress(KonductorError):
+                            await _permit(handle).release()
+                    if self.grow_due():
+                        await self._grow(generation)
+                except Exception:
+                    log.exception("konductor SQLAlchemy maintenance failed; retrying")
+                wake = self._wake_event
+                assert wake is not None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.next_wait())
+                wake.clear()
+        except asyncio.CancelledError:
+            if generation == self.generation and self.pid == os.getpid():
+                # Cancelled from outside while still reserved: the event loop is
+                # shutting down (the end of asyncio.run) without dispose(). Give the
+                # connections and permits back now rather than after the TTL.
+                with contextlib.suppress(Exception):
+                    await self.close()
+            raise
+
+    async def _grow(self, generation: int) -> None:
+        s, client = self.s, self.client()
+        while self.wants_more(generation):
+            try:
+                permit = await client.try_acquire_semaphore(s.semaphore, None, count=1, ttl=s.ttl)
+            except KonductorError as exc:
+                log.warning("could not grow the pool on semaphore %r: %s", s.semaphore, exc)
+                return
+            if permit is None:
+                return
+            if not self.add(permit, generation):
+                with contextlib.suppress(KonductorError):
+                    await permit.release()
+                return
+            log.info("pool on semaphore %r grew to %d", s.semaphore, self.held)
+
+    # -- per-connection mode (called inside SQLAlchemy's greenlet) ----------------------
+
+    def acquire_one(self) -> Handle:
+        async def acquire() -> Permit:
+            s = self.s
+            permit = await self.client().acquire_semaphore(
+                s.semaphore, self.permits_arg(), count=1, ttl=s.ttl, timeout=s.reserve_timeout
+            )
+            self.created_semaphore = True
+            return permit
+
+        permit: Permit = await_(acquire())
+        self.add(permit, self.generation)
+        return permit
+
+    def release_one(self, handle: Handle) -> None:
+        with self._lock:
+            if handle in self.grants:
+                self.grants.remove(handle)
+                self.held -= 1
+        try:
+            await_(_permit(handle).release())
+        except KonductorError as exc:
+            log.warning("could not release a connection's permit (it expires): %s", exc)
+
+    # -- release ------------------------------------------------------------------------
+
+    async def release(self) -> None:
+        """Close idle connections, then give the permits back; the engine may start again."""
+        if self.pid != os.getpid():
+            self.after_fork()
+            return
+        handles, in_use = await greenlet_spawn(self.detach_all)
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if in_use and self.s.mode == "reserve":
+            log.warning(
+                "released the reservation on semaphore %r with %d connection(s) still "
+                "checked out: they are closed when returned, and not counted until then",
+                self.s.semaphore,
+                in_use,
+            )
+        for handle in handles:
+            try:
+                await _permit(handle).release()
+            except KonductorError as exc:
+                log.warning("could not release permits on %r (they expire): %s", handle, exc)
+
+    async def close(self) -> None:
+        await self.release()
+        self.closed = True
+        if self._own is not None:
+            own, self._own = self._own, None
+            await own.close()
+
+
+# --- process-wide hooks --------------------------------------------------------------
+
+_cores: weakref.WeakSet[Core] = weakref.WeakSet()
+_exit_hooks_pid: int | None = None
+
+
+def _at_exit() -> None:
+    """Give back what this process still holds (sync engines; async ones on loop shutdown)."""
+    for core in list(_cores):
+        if core.pid == os.getpid():
+            try:
+                core.shutdown()
+            except Exception:
+                log.warning("releasing a reservation at exit failed", exc_info=True)
+
+
+def _after_fork_in_child() -> None:
+    for core in list(_cores):
+        core.after_fork()
+
+
+def _register_exit_hooks() -> None:
+    """atexit covers normal exits; multiprocessing's children leave via os._exit()."""
+    global _exit_hooks_pid
+    if _exit_hooks_pid == os.getpid():
+        return
+    _exit_hooks_pid = os.getpid()
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, _at_exit, exitpriority=10)
+
+
+# At interpreter exit the store's HTTP client still needs the event loop's
+# default executor (aiohttp looks up .netrc there), and executors refuse work
+# once threading's shutdown hooks have run: so release from one of those hooks,
+# registered after concurrent.futures' own so that it runs before it.
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_at_exit)
+else:  # pragma: no cover - CPython has had it since 3.9
+    atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
