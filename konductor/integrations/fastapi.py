@@ -266,7 +266,7 @@ class KonductorState:
     """
 
     identity: str
-    client: Client
+    client: Client = field(repr=False)
     phase: str = "starting"
     ready: bool = False
     gates: dict[str, GateInfo] = field(default_factory=dict)
@@ -279,7 +279,7 @@ class KonductorState:
     leader_error: str | None = None
     """The last error raised by the leader coroutine, if any."""
     startup_seconds: float | None = None
-    _lease: Lease | None = None
+    _lease: Lease | None = field(default=None, init=False, repr=False)
 
     @property
     def lease(self) -> Lease | None:
@@ -517,11 +517,13 @@ class KonductorLifespan:
             try:
                 await client.campaign(leader.name, lead, ttl=leader.ttl)
             except Exception as exc:
+                # The leader coroutine raised (the Lease was released: another
+                # replica may take over), or the campaign itself failed (e.g.
+                # Forbidden). Either way: log it, keep it, and campaign again.
                 state.leader_error = repr(exc)
                 delay = backoff.next_delay()
                 log.exception(
-                    "konductor: leader coroutine of %r failed; stepped down, campaigning again "
-                    "in %.1fs",
+                    "konductor: leadership of %r ended with an error; campaigning again in %.1fs",
                     leader.name,
                     delay,
                 )
