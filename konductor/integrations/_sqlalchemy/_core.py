@@ -608,8 +608,10 @@ class SyncCore(Core):
                 self.s.semaphore,
             )
             return
-        if self.started or self._own is not None:
-            self.close()
+        if self.started:
+            # Only release: threads that outlive the main thread may still use
+            # the engine (they would reserve again; those permits then expire).
+            self.release()
 
 
 # --- the async reservation (AsyncEngine), on a konductor.Client ----------------------
@@ -802,6 +804,12 @@ class AsyncCore(Core):
         if self.pid != os.getpid():
             self.after_fork()
             return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:  # not in the middle of a reservation
+            await self._release()
+
+    async def _release(self) -> None:
         handles, in_use = await greenlet_spawn(self.detach_all)
         task, self._task = self._task, None
         if task is not None and task is not asyncio.current_task():
