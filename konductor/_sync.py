@@ -19,6 +19,7 @@ the ``with`` exit raises the primitive's :class:`LostError` subclass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import weakref
@@ -54,7 +55,7 @@ class _Portal:
         )
         self.thread.start()
 
-    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    def call(self, fn: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         if threading.current_thread() is self.thread:
             raise KonductorError(
                 "a SyncClient method was called from its own event-loop thread (from async "
@@ -66,7 +67,7 @@ class _Portal:
 
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         try:
-            return future.result()
+            return future.result(timeout)
         except BaseException:
             # KeyboardInterrupt, SystemExit or the caller's own timeout: cancel the
             # coroutine so that an acquire in flight cleans up after itself.
@@ -89,8 +90,32 @@ def _after_fork_in_child() -> None:
         client._forget_parent()
 
 
+def _close_at_exit() -> None:
+    """Release what this process's SyncClients still hold when the interpreter exits.
+
+    Registered with ``threading._register_atexit`` after concurrent.futures'
+    own hook, so it runs before the interpreter stops its thread pools (those
+    hooks run in reverse order): a plain ``atexit`` hook runs after, too
+    late for the network calls a release needs (the Kubernetes client resolves
+    proxy settings on a worker thread). Bounded: what is not released within a
+    few seconds simply expires after its TTL.
+    """
+    for client in list(_clients):
+        if client._portal is not None and client._portal_pid == os.getpid():
+            # Exit must go on whatever happens: unreleased grants expire after their TTL.
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(threading, "_register_atexit"):
+    # These hooks run in reverse order of registration, and thread pools are
+    # stopped by concurrent.futures' own hook: import it first so that ours is
+    # registered after it and runs before it.
+    import concurrent.futures.thread  # noqa: F401
+
+    threading._register_atexit(_close_at_exit)
 
 
 class SyncGrant(Generic[G]):
@@ -193,6 +218,7 @@ class SyncClient:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._portal: _Portal | None = None
+        self._portal_pid = 0  # the process that started the loop thread
         self._client: Client | None = None
         self._closed = False
         _clients.add(self)
@@ -238,6 +264,7 @@ class SyncClient:
                     portal.stop()  # no thread or loop left behind by a failed start
                     raise
                 self._portal = portal
+                self._portal_pid = os.getpid()
             return self._portal
 
     def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
@@ -459,15 +486,20 @@ class SyncClient:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Release what is still held, stop the loop thread. Idempotent."""
+    def close(self, timeout: float | None = None) -> None:
+        """Release what is still held, stop the loop thread. Idempotent.
+
+        ``timeout`` bounds the wait for the releases (``None``: as long as the
+        store's own retries take); what is not released by then expires after
+        its TTL.
+        """
         with self._lock:
             portal, client = self._portal, self._client
             self._closed = True
             self._portal = self._client = None
         if portal is not None and client is not None:
             try:
-                portal.call(client.close)
+                portal.call(client.close, timeout)
             finally:
                 portal.stop()
 

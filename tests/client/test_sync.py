@@ -202,3 +202,32 @@ def test_a_failed_start_leaves_no_thread_behind(monkeypatch: pytest.MonkeyPatch)
             client.acquire_semaphore("s", permits=1)
     leaked = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
     assert [t.name for t in leaked] == []
+
+
+def test_grants_are_released_when_the_process_exits(tmp_path: Any) -> None:
+    """A script that never closes its SyncClient still gives its permit back at exit."""
+    import subprocess
+    import sys
+
+    from konductor import LocalStore
+
+    db = tmp_path / "k.db"
+    script = (
+        "from konductor import SyncClient, LocalStore\n"
+        f"c = SyncClient(lambda: LocalStore({str(db)!r}))\n"
+        "p = c.acquire_semaphore('exit', permits=1, ttl=120)\n"
+        "print(p.token, flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
+
+    import asyncio
+
+    async def status() -> Any:
+        async with LocalStore(db) as store:
+            return (await store.get(SEMAPHORE, "exit")).status
+
+    st = asyncio.run(status())
+    assert st["holders"] == []  # released at exit, not left to expire (ttl 120 s)
+    assert st["inUse"] == 0
