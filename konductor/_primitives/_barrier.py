@@ -22,7 +22,7 @@ from konductor._primitives import _validate as check
 from konductor._primitives._clock import micro_time
 from konductor._primitives._hub import Hub, entries_of
 from konductor._primitives._runtime import HasRuntime, Runtime
-from konductor._primitives._waiting import deadline_of, expired, update_fresh, wait_any
+from konductor._primitives._waiting import deadline_of, update_fresh, watch_until
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import BARRIER
 
@@ -135,30 +135,26 @@ class _Barrier:
         Raises:
             WaitTimeout: not open by ``deadline`` (``timeout`` is named in the message).
         """
-        clock = self.rt.clock
         await self.hub.refresh()
-        watching = False
-        try:
-            while True:
-                seen = self.hub.changes
-                obj = self.hub.obj
-                if obj is not None:
-                    if state.is_open(obj.status):
-                        return info_of(self.name, obj)
-                    if state.settle(obj.status, expected_of(obj), self._wall()) is not None:
-                        # spec.expected was lowered below the arrivals: open it.
-                        with contextlib.suppress(NotFound):
-                            await self.hub.update(self._settle)
-                        continue
-                if expired(clock, deadline):
-                    raise WaitTimeout(self._timeout_message(obj, timeout))
-                if not watching:
-                    self.hub.retain_watch()
-                    watching = True
-                await wait_any([(self.hub, seen)], deadline)
-        finally:
-            if watching:
-                self.hub.release_watch()
+
+        async def check(obj: StoredObject | None) -> BarrierInfo | None:
+            if obj is None:
+                return None
+            if state.is_open(obj.status):
+                return info_of(self.name, obj)
+            if state.settle(obj.status, expected_of(obj), self._wall()) is not None:
+                # spec.expected was lowered below the arrivals: open it.
+                with contextlib.suppress(NotFound):
+                    await self.hub.update(self._settle)
+            return None
+
+        return await watch_until(
+            self.hub,
+            check,
+            clock=self.rt.clock,
+            deadline=deadline,
+            timed_out=lambda obj: WaitTimeout(self._timeout_message(obj, timeout)),
+        )
 
     def _timeout_message(self, obj: StoredObject | None, timeout: float | None) -> str:
         within = f"within {timeout:g}s" if timeout is not None else "yet"

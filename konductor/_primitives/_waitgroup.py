@@ -23,7 +23,7 @@ from konductor._primitives import _validate as check
 from konductor._primitives import _waitgroup_state as state
 from konductor._primitives._hub import entries_of
 from konductor._primitives._runtime import HasRuntime, Runtime
-from konductor._primitives._waiting import deadline_of, expired, update_fresh, wait_any
+from konductor._primitives._waiting import deadline_of, update_fresh, watch_until
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import WAITGROUP
 
@@ -100,22 +100,19 @@ class _WaitGroup:
         # Drains that happen after this point count; a group that does not
         # exist yet has had none.
         start = state.drains_of(obj.status) if obj is not None else 0
-        watching = False
-        try:
-            while True:
-                seen = self.hub.changes
-                obj = self.hub.obj
-                if obj is not None and state.drained_since(obj.status, start):
-                    return _info(self.name, obj)
-                if expired(clock, deadline):
-                    raise WaitTimeout(self._timeout_message(obj, timeout))
-                if not watching:
-                    self.hub.retain_watch()
-                    watching = True
-                await wait_any([(self.hub, seen)], deadline)
-        finally:
-            if watching:
-                self.hub.release_watch()
+
+        async def check(obj: StoredObject | None) -> WaitGroupInfo | None:
+            if obj is not None and state.drained_since(obj.status, start):
+                return _info(self.name, obj)
+            return None
+
+        return await watch_until(
+            self.hub,
+            check,
+            clock=clock,
+            deadline=deadline,
+            timed_out=lambda obj: WaitTimeout(self._timeout_message(obj, timeout)),
+        )
 
     def _timeout_message(self, obj: StoredObject | None, timeout: float | None) -> str:
         within = f"within {timeout:g}s" if timeout is not None else "yet"

@@ -8,7 +8,7 @@ one shared watch per process) or until their deadline, and decide again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from konductor._primitives._clock import Clock
@@ -46,6 +46,41 @@ async def wait_any(seen: Sequence[tuple[Hub, int]], until: float | None) -> None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def watch_until(
+    hub: Hub,
+    check: Callable[[StoredObject | None], Awaitable[T | None]],
+    *,
+    clock: Clock,
+    deadline: float | None,
+    timed_out: Callable[[StoredObject | None], BaseException],
+) -> T:
+    """Decide on ``hub``'s object until ``check`` returns a result, watch-driven.
+
+    ``check`` sees the cached object (``None`` if it does not exist) and returns
+    the result, or ``None`` to keep waiting; it may write. The watch is held
+    only while waiting and let go on every exit.
+
+    Raises:
+        whatever ``timed_out(obj)`` returns, once ``deadline`` passes.
+    """
+    watching = False
+    try:
+        while True:
+            seen = hub.changes
+            result = await check(hub.obj)
+            if result is not None:
+                return result
+            if expired(clock, deadline):
+                raise timed_out(hub.obj)
+            if not watching:
+                hub.retain_watch()
+                watching = True
+            await wait_any([(hub, seen)], deadline)
+    finally:
+        if watching:
+            hub.release_watch()
 
 
 async def update_fresh(
