@@ -96,6 +96,13 @@ class Renewer:
         self._entries.discard(entry)
         self._wake.set()
 
+    def abandon(self) -> None:
+        """Stop renewing and forget every entry without removing it (a simulated crash)."""
+        self._entries.clear()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
     async def close(self) -> None:
         """Stop renewing, and remove from the store every entry still registered."""
         entries, self._entries = list(self._entries), set()

@@ -4,44 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Mapping
-from typing import Any
 
 import pytest
 
-from konductor import Client, SemaphoreLost, StoreUnavailable
+from konductor import Client, SemaphoreLost
 from konductor._primitives._clock import settle
-from konductor.store import SEMAPHORE, MemoryStore, StoredObject
-from konductor.store import Kind as KindT
-from konductor.testing import FakeClock
-
-
-class FlakyStore(MemoryStore):
-    """A memory store whose status writes fail while ``down`` is set."""
-
-    down = False
-
-    async def replace_status(
-        self, kind: KindT, name: str, status: Mapping[str, Any], *, version: str
-    ) -> StoredObject:
-        if self.down:
-            raise StoreUnavailable("simulated outage")
-        return await super().replace_status(kind, name, status, version=version)
-
-
-def crash(client: Client) -> None:
-    """Stop a client's renewals without releasing anything, as a killed process would."""
-    renewer = client._rt.renewer
-    assert renewer._task is not None
-    renewer._task.cancel()
-    renewer._entries.clear()
+from konductor.store import SEMAPHORE, MemoryStore
+from konductor.testing import FakeClock, simulate_crash
+from tests.support.fakes import FlakyStore
 
 
 async def test_a_dead_holder_expires_exactly_after_a_full_ttl_as_observed() -> None:
     store, clock = MemoryStore(), FakeClock()
     dead, alive = Client(store, clock=clock), Client(store, clock=clock)
     await dead.acquire_semaphore("s", permits=1, ttl=10)
-    crash(dead)
+    simulate_crash(dead)
     waiter = asyncio.ensure_future(alive.acquire_semaphore("s", ttl=10))
     await settle()  # the waiter has seen the holder for the first time now
     await clock.advance(9.9)
@@ -71,7 +48,7 @@ async def test_skewed_wall_clocks_neither_steal_nor_freeze() -> None:
     granted = await asyncio.wait_for(waiter, 5)  # released: handed over at once
     assert granted.token > permit.token
     # And a holder that stops renewing is not frozen forever by skew either.
-    crash(observer)
+    simulate_crash(observer)
     other = Client(store, clock=holder_clock)
     late = asyncio.ensure_future(other.acquire_semaphore("skew", ttl=10))
     await settle()

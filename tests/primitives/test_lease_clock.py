@@ -19,7 +19,7 @@ from konductor import Client, LeaseLost
 from konductor._primitives._clock import settle
 from konductor._primitives._lease import Lease
 from konductor.store import LEASE, MemoryStore
-from konductor.testing import FakeClock
+from konductor.testing import FakeClock, simulate_crash
 from tests.primitives.lease_helpers import MICRO_TIME, Leaders, Outage
 
 OTHER = "go-elector_6b1f"
@@ -132,21 +132,13 @@ async def test_skewed_wall_clocks_neither_steal_nor_freeze() -> None:
     renewals = holder._rt.renewer.renewals
     while holder._rt.renewer.renewals == renewals:
         await advance([holder_clock, observer_clock], 0.05, step=0.05)
-    crash(holder)
+    simulate_crash(holder)
     await advance([observer_clock], 9.5)  # < a full duration since its last renewal was seen
     assert not waiter.done()
     await advance([observer_clock], 0.6)
     taken = await asyncio.wait_for(waiter, 5)
     assert taken.token == lease.token + 1
     await observer.close()
-
-
-def crash(client: Client) -> None:
-    """Stop a client's renewals without releasing anything, as a killed process would."""
-    renewer = client._rt.renewer
-    assert renewer._task is not None
-    renewer._task.cancel()
-    renewer._entries.clear()
 
 
 async def test_renew_time_advances_about_every_third_of_the_ttl() -> None:

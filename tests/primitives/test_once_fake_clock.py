@@ -4,37 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Mapping
-from typing import Any
 
 import pytest
 
-from konductor import Client, LostError, StoreUnavailable
+from konductor import Client, LostError
 from konductor._primitives._clock import settle
-from konductor.store import ONCE, MemoryStore, StoredObject
-from konductor.store import Kind as KindT
-from konductor.testing import FakeClock
-
-
-class FlakyStore(MemoryStore):
-    """A memory store whose status writes fail while ``down`` is set."""
-
-    down = False
-
-    async def replace_status(
-        self, kind: KindT, name: str, status: Mapping[str, Any], *, version: str
-    ) -> StoredObject:
-        if self.down:
-            raise StoreUnavailable("simulated outage")
-        return await super().replace_status(kind, name, status, version=version)
-
-
-def crash(client: Client) -> None:
-    """Stop a client's renewals without releasing anything, as a killed process would."""
-    renewer = client._rt.renewer
-    assert renewer._task is not None
-    renewer._task.cancel()
-    renewer._entries.clear()
+from konductor.store import ONCE, MemoryStore
+from konductor.testing import FakeClock, simulate_crash
+from tests.support.fakes import FlakyStore
 
 
 async def test_a_crashed_runner_is_taken_over_after_exactly_its_ttl() -> None:
@@ -55,7 +32,7 @@ async def test_a_crashed_runner_is_taken_over_after_exactly_its_ttl() -> None:
 
     crashed = asyncio.ensure_future(dead.once("init", hang, ttl=10))
     await started.wait()
-    crash(dead)
+    simulate_crash(dead)
     waiters = [
         asyncio.ensure_future(c.once("init", functools.partial(work, f"w{i}"), ttl=10))
         for i, c in enumerate(others)

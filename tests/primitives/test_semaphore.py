@@ -9,6 +9,7 @@ import pytest
 
 from konductor import AcquireTimeout, Client, InvalidArgument, InvalidName, NotFound
 from konductor.store import SEMAPHORE
+from konductor.testing import simulate_crash
 from tests.store.conftest import Backend
 
 Clients = Callable[..., Client]
@@ -198,11 +199,7 @@ async def test_renewals_keep_a_permit_alive_for_many_ttls(
 async def test_a_dead_holder_is_reclaimed_after_its_ttl(clients: Clients) -> None:
     dead, alive = clients(), clients()
     await dead.acquire_semaphore("crash", permits=1, ttl=2)
-    # Simulate a crash: renewals stop, nothing is released.
-    task = dead._rt.renewer._task
-    assert task is not None
-    task.cancel()
-    dead._rt.renewer._entries.clear()
+    simulate_crash(dead)  # renewals stop, nothing is released
     loop = asyncio.get_running_loop()
     start = loop.time()
     async with alive.semaphore("crash", ttl=2, timeout=30):

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from konductor import AcquireTimeout, SemaphoreLost, with_semaphore
-from konductor.testing import memory_client
+from konductor.testing import memory_client, simulate_crash
 
 
 async def test_async_fixture(konductor_client):
@@ -37,8 +37,7 @@ async def test_fake_clock_expires_a_silent_holder(konductor_clock):
     a = memory_client(clock=konductor_clock)
     b = type(a)(a.store, clock=konductor_clock)
     held = await a.acquire_semaphore("clocked", permits=1, ttl=10)
-    a._rt.renewer._task.cancel()  # a "crashes": no more renewals
-    a._rt.renewer._entries.clear()
+    simulate_crash(a)  # no more renewals, nothing released
     waiter = asyncio.ensure_future(b.acquire_semaphore("clocked", ttl=10))
     await asyncio.sleep(0)
     await konductor_clock.advance(5)

@@ -1,0 +1,22 @@
+"""Fakes shared by the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from konductor import StoreUnavailable
+from konductor.store import Kind, MemoryStore, StoredObject
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose status writes fail while ``down`` is set."""
+
+    down = False
+
+    async def replace_status(
+        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+    ) -> StoredObject:
+        if self.down:
+            raise StoreUnavailable("simulated outage")
+        return await super().replace_status(kind, name, status, version=version)
