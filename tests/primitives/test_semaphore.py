@@ -205,3 +205,17 @@ async def test_a_dead_holder_is_reclaimed_after_its_ttl(clients: Clients) -> Non
     async with alive.semaphore("crash", ttl=2, timeout=30):
         waited = loop.time() - start
     assert waited >= 1.5  # not before the dead holder's TTL (as this observer saw it)
+
+
+async def test_ttl_and_timeout_take_timedeltas(clients: Clients, backend: Backend) -> None:
+    import datetime as dt
+
+    a, b = clients(), clients()
+    held = await a.acquire_semaphore("td", permits=1, ttl=dt.timedelta(seconds=20))
+    obj = await backend.store.get(SEMAPHORE, "td")
+    assert obj.status["holders"][0]["ttlSeconds"] == 20.0
+    with pytest.raises(AcquireTimeout, match=r"within 0\.2s"):
+        await b.acquire_semaphore("td", timeout=dt.timedelta(milliseconds=200))
+    with pytest.raises(InvalidArgument, match="ttl must be positive"):
+        await b.acquire_semaphore("td", ttl=dt.timedelta(seconds=-1))
+    await held.release()
