@@ -1,0 +1,463 @@
+"""What every ``konductor`` command shares: the store, output, signals, progress, exit codes.
+
+A command is an ``async def command(session) -> int``. The :class:`Session`
+builds the store and the client lazily (``manifests`` needs neither), writes
+data to stdout in the chosen format (``-o table|json|yaml``) and messages to
+stderr, and turns SIGINT / SIGTERM / SIGHUP / SIGQUIT into a clean stop: a
+wait in progress is cancelled (which leaves no queue ticket behind), and
+whatever the client still holds is released when the session closes.
+
+Progress lines (``barrier 'x': 2/3 arrived``) are drawn only when stderr is a
+terminal, and are erased before anything else is printed, so a pipe or a log
+file never sees them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import IO, Any, TypeVar
+
+import yaml
+
+from konductor._client import Client
+from konductor._errors import ConfigurationError, KonductorError, NotFound
+from konductor._store._base import Store, StoredObject
+from konductor._store._kinds import Kind
+
+T = TypeVar("T")
+JSON = dict[str, Any]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+
+#: Signals that stop a command (or are forwarded to the child of ``run``).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+#: Signals that are only forwarded to the child of ``run`` (ignored otherwise).
+FORWARD_ONLY = (signal.SIGUSR1, signal.SIGUSR2)
+#: Signals a terminal sends to its whole foreground process group by itself.
+TERMINAL_SIGNALS = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
+
+
+class UsageError(KonductorError):
+    """Bad arguments noticed after parsing: exit code 2 with the command's usage."""
+
+
+class Interrupted(KonductorError):
+    """A signal stopped the command before it finished: exit code 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class ChildLost(KonductorError):
+    """The grant was lost while the child of ``run`` ran; the child was stopped."""
+
+
+_DURATION = re.compile(r"(?P<value>\d+(\.\d*)?|\.\d+)(?P<unit>ms|s|m|h)?")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def duration(text: str) -> float:
+    """An argparse type: seconds as ``15``, ``1.5``, ``500ms``, ``30s``, ``2m`` or ``1h``."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use seconds (15, 1.5) or 500ms, 30s, 2m, 1h"
+        )
+    return float(match["value"]) * _UNITS[match["unit"]]
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# -- time and tables ------------------------------------------------------------------
+
+
+def parse_time(value: object) -> dt.datetime | None:
+    """A MicroTime / RFC 3339 string as an aware datetime (``None`` if it is not one)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def span(seconds: float) -> str:
+    """``75`` -> ``1m15s``; whole seconds, for tables."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def ago(value: object, now: dt.datetime | None = None) -> str:
+    """How long ago a timestamp written by another machine was (informational: clocks skew)."""
+    when = parse_time(value)
+    if when is None:
+        return "-"
+    delta = ((now or dt.datetime.now(dt.UTC)) - when).total_seconds()
+    return f"{span(delta)} ago" if delta >= 0 else f"in {span(-delta)}"
+
+
+def ttl_text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return f"{value:g}s"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by three spaces, like ``kubectl get``."""
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def fields(pairs: Sequence[tuple[str, object]]) -> str:
+    """``Key:   value`` lines, aligned, like ``kubectl describe``."""
+    width = max(len(k) for k, _ in pairs) + 1
+    return "\n".join(f"{(k + ':').ljust(width)}  {'-' if v is None else v}" for k, v in pairs)
+
+
+# -- the session ----------------------------------------------------------------------
+
+
+class Progress:
+    """One status line on a terminal, redrawn in place; nothing at all elsewhere."""
+
+    def __init__(self, stream: IO[str], enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self._last: str | None = None
+
+    def show(self, line: str) -> None:
+        if not self.enabled or line == self._last:
+            return
+        self._last = line
+        self.stream.write("\r\x1b[K" + line)
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self._last is not None:
+            self._last = None
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def foreground_of_terminal() -> bool:
+    """Whether this process is in the foreground process group of its controlling terminal.
+
+    Then the terminal itself delivers Ctrl-C (SIGINT), Ctrl-\\ (SIGQUIT) and a
+    hangup to every process of the group, a child of ``run`` included.
+    """
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class Session:
+    """One command invocation: its arguments, store, client, output and signals."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        stdout: IO[str] | None = None,
+        stderr: IO[str] | None = None,
+    ) -> None:
+        self.args = args
+        self.out = stdout or sys.stdout
+        self.err = stderr or sys.stderr
+        self.output: str = getattr(args, "output", "table")
+        self.progress = Progress(self.err, _isatty(self.err))
+        self._store: Store | None = None
+        self._client: Client | None = None
+        self._stop: asyncio.Event | None = None
+        self.interrupted: int | None = None  # first stop signal received (no child running)
+        self._signals_seen = 0
+        # Set by ``run`` while its child runs: signals go to the child instead.
+        self.forward: Callable[[int], None] | None = None
+        self.child_signal: int | None = None  # first signal received while the child ran
+        self._installed: list[int] = []
+
+    # -- store and client -----------------------------------------------------------
+
+    @property
+    def namespace_arg(self) -> str | None:
+        ns: str | None = getattr(self.args, "namespace", None)
+        return ns
+
+    def store(self) -> Store:
+        """The store the global options select (built on first use).
+
+        Raises:
+            UsageError: ``--store`` names no known store, or ``--kubeconfig`` /
+                ``--context`` was combined with a store that is not Kubernetes.
+            ConfigurationError: nothing is configured (see docs/client.md).
+        """
+        if self._store is None:
+            self._store = build_store(self.args)
+        return self._store
+
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.store())
+        return self._client
+
+    @property
+    def namespace(self) -> str:
+        return self.store().namespace
+
+    async def close(self) -> None:
+        """Release whatever the client still holds or queues, and close the store."""
+        self.progress.clear()
+        try:
+            if self._client is not None:
+                await self._client.close()
+            elif self._store is not None:
+                await self._store.close()
+        finally:
+            self._client = None
+            self._store = None
+
+    # -- output ---------------------------------------------------------------------
+
+    def emit(self, data: Any, render: Callable[[], str]) -> None:
+        """Print ``data`` as JSON / YAML, or ``render()`` for ``-o table``."""
+        self.progress.clear()
+        if self.output == "json":
+            text = json.dumps(data, indent=2, sort_keys=False, default=str)
+        elif self.output == "yaml":
+            text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip("\n")
+        else:
+            text = render()
+        if text:
+            print(text, file=self.out, flush=True)
+
+    def say(self, message: str) -> None:
+        """A message for people, on stderr (never mixed into the data on stdout)."""
+        self.progress.clear()
+        print(message, file=self.err, flush=True)
+
+    def error(self, message: str) -> None:
+        self.say(f"konductor: error: {message}")
+
+    # -- signals --------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """Route stop signals to :meth:`_on_signal` (main thread only; a no-op elsewhere)."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for signum in (*STOP_SIGNALS, *FORWARD_ONLY):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+            except (RuntimeError, ValueError, NotImplementedError):
+                continue  # not the main thread (an embedding caller): keep the defaults
+            self._installed.append(signum)
+
+    def remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._installed:
+            loop.remove_signal_handler(signum)
+        self._installed.clear()
+
+    def _on_signal(self, signum: int) -> None:
+        if self.forward is not None:  # a child runs: it decides how to stop
+            if self.child_signal is None:
+                self.child_signal = signum
+            self.forward(signum)
+            return
+        if signum in FORWARD_ONLY:
+            return
+        self._signals_seen += 1
+        if self.interrupted is None:
+            self.interrupted = signum
+            if self._stop is not None:
+                self._stop.set()
+        elif self._signals_seen == 2:
+            self.say(
+                "konductor: still releasing; send the signal again to exit at once "
+                "(what is held then expires after its TTL)"
+            )
+        else:
+            os._exit(128 + signum)
+
+    def check_interrupted(self) -> None:
+        """Raise :class:`Interrupted` if a stop signal has arrived."""
+        if self.interrupted is not None:
+            raise Interrupted(self.interrupted)
+
+    async def guard(
+        self,
+        aw: Awaitable[T],
+        *,
+        undo: Callable[[T], Awaitable[object]] | None = None,
+    ) -> T:
+        """Await ``aw`` unless a stop signal comes first; then cancel it and raise.
+
+        ``undo(result)`` gives back a result that was obtained at the very
+        moment the signal arrived (an acquire that completed regardless).
+
+        Raises:
+            Interrupted: a stop signal arrived first.
+        """
+        task: asyncio.Future[T] = asyncio.ensure_future(aw)
+        if self._stop is None:
+            return await task
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            waits: set[asyncio.Future[Any]] = {task, stopper}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KonductorError):
+                await task
+        if self.interrupted is not None:
+            if task.done() and not task.cancelled() and task.exception() is None and undo:
+                with contextlib.suppress(KonductorError):
+                    await asyncio.shield(undo(task.result()))
+            raise Interrupted(self.interrupted)
+        return task.result()
+
+    async def hold(self, lost: asyncio.Event, seconds: float | None) -> str:
+        """Wait until a stop signal (``"stopped"``), a loss (``"lost"``) or ``seconds`` pass."""
+        if self._stop is None:
+            self._stop = asyncio.Event()
+        waits = {
+            asyncio.ensure_future(self._stop.wait()): "stopped",
+            asyncio.ensure_future(lost.wait()): "lost",
+        }
+        try:
+            done, _ = await asyncio.wait(
+                waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for w in waits:
+                w.cancel()
+        if lost.is_set():
+            return "lost"
+        return "stopped" if done else "elapsed"
+
+    # -- progress -------------------------------------------------------------------
+
+    async def watching(
+        self,
+        kind: Kind,
+        name: str,
+        render: Callable[[StoredObject | None], str],
+        aw: Awaitable[T],
+        *,
+        undo: Callable[[T], Awaitable[object]] | None = None,
+    ) -> T:
+        """:meth:`guard` ``aw`` while a terminal shows ``render(object)`` on every change."""
+        if not self.progress.enabled:
+            return await self.guard(aw, undo=undo)
+        follower = asyncio.ensure_future(follow(self.store(), kind, name, render, self.progress))
+        try:
+            return await self.guard(aw, undo=undo)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            self.progress.clear()
+
+
+async def follow(
+    store: Store,
+    kind: Kind,
+    name: str,
+    render: Callable[[StoredObject | None], str],
+    progress: Progress,
+) -> None:
+    """Show ``render(obj)`` for the object now and after each change, until cancelled.
+
+    Best effort (it is only a progress line): a failure is retried after a pause.
+    """
+    while True:
+        try:
+            try:
+                obj: StoredObject | None = await store.get(kind, name)
+                assert obj is not None
+                since, seen = obj.version, [obj]
+            except NotFound:
+                obj, since, seen = None, (await store.list(kind)).version, []
+            progress.show(render(obj))
+            async with store.watch(kind, since=since, name=name, seen=seen) as events:
+                async for event in events:
+                    progress.show(render(None if event.type == "DELETED" else event.object))
+        except KonductorError:
+            await asyncio.sleep(2.0)
+
+
+# -- store selection ------------------------------------------------------------------
+
+
+def build_store(args: argparse.Namespace) -> Store:
+    """The store named by ``--store`` / ``--kubeconfig`` / ``--context``, else resolved.
+
+    Raises:
+        UsageError: an unknown ``--store``, or ``--kubeconfig`` with a non-Kubernetes store.
+        ConfigurationError: nothing is configured.
+    """
+    from konductor._config import _env_namespace, resolve_store, store_from_spec
+
+    spec: str | None = getattr(args, "store", None)
+    kubeconfig: str | None = getattr(args, "kubeconfig", None)
+    context: str | None = getattr(args, "context", None)
+    namespace = _env_namespace(getattr(args, "namespace", None))
+    if kubeconfig or context:
+        if spec and spec.strip().lower() != "kubernetes":
+            raise UsageError(
+                f"--kubeconfig / --context select the Kubernetes store; they cannot be "
+                f"combined with --store {spec}"
+            )
+        from konductor._store._kubernetes import KubernetesStore
+
+        if kubeconfig and not os.path.isfile(kubeconfig):
+            raise UsageError(f"--kubeconfig {kubeconfig}: no such file")
+        return KubernetesStore(namespace, kubeconfig=kubeconfig, context=context)
+    if spec:
+        try:
+            return store_from_spec(spec, namespace)
+        except ConfigurationError as exc:
+            raise UsageError(str(exc).replace("KONDUCTOR_STORE=", "--store ")) from exc
+    return resolve_store(namespace)

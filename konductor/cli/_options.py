@@ -1,0 +1,116 @@
+"""argparse building blocks shared by the command groups, so every command reads alike."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias
+
+from konductor._errors import InvalidArgument, KonductorError
+from konductor._primitives import _validate as check
+from konductor._primitives._grant import Grant
+from konductor._primitives._runtime import DEFAULT_TTL
+from konductor._store._base import StoredObject
+from konductor.cli._common import Session, duration
+
+Handler = Callable[[Session], Awaitable[int]]
+Render = Callable[[StoredObject | None], str]
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+FORMATTER = argparse.HelpFormatter
+RAW = argparse.RawDescriptionHelpFormatter
+
+
+def group(groups: SubParsers, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A command group (``konductor semaphore``); it needs a subcommand."""
+    return groups.add_parser(name, help=help, description=description, formatter_class=FORMATTER)
+
+
+def subcommands(parser: argparse.ArgumentParser) -> SubParsers:
+    return parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+
+
+def leaf(
+    sub: SubParsers,
+    name: str,
+    handler: Handler,
+    parent: object,
+    help: str,
+    description: str | None = None,
+    *,
+    run: bool = False,
+    store: bool = True,
+    raw: bool = False,
+) -> argparse.ArgumentParser:
+    """A command: ``handler(session)`` runs it. ``run=True``: it takes ``-- CMD ...``."""
+    assert isinstance(parent, argparse.ArgumentParser)
+    usage = None
+    if run:
+        usage = "%(prog)s [options] NAME -- CMD [ARG ...]"
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=description or help[:1].upper() + help[1:] + ".",
+        parents=[parent],
+        formatter_class=RAW if raw else FORMATTER,
+        usage=usage,
+    )
+    p.set_defaults(handler=handler, parser=p, run=run, needs_store=store)
+    return p
+
+
+def name(p: argparse.ArgumentParser, what: str = "the object's name (a DNS-1123 name)") -> None:
+    p.add_argument("name", metavar="NAME", help=what)
+
+
+def _ttl(text: str) -> float:
+    """A duration that is a valid grant TTL (1 s to a day), checked while parsing."""
+    try:
+        return check.ttl(duration(text))
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("ttl=15", "--ttl 15")) from None
+
+
+def ttl(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ttl",
+        type=_ttl,
+        default=DEFAULT_TTL,
+        metavar="SECONDS",
+        help=f"how long the grant lives without renewal; renewed every ttl/3 "
+        f"(default {DEFAULT_TTL:g})",
+    )
+
+
+def timeout(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--timeout", type=duration, default=None, metavar="SECONDS", help=help)
+
+
+def hold_for(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--for",
+        dest="for_",
+        type=duration,
+        default=None,
+        metavar="SECONDS",
+        help="release after this long instead of waiting for Ctrl-C",
+    )
+
+
+def kill_grace(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kill-grace",
+        type=duration,
+        default=10.0,
+        metavar="SECONDS",
+        help="if the grant is lost, SIGTERM the command, then SIGKILL it after this long "
+        "(default 10)",
+    )
+
+
+async def release_quietly(s: Session, grant: Grant) -> None:
+    """Release ``grant``; a failure is reported, never raised (the grant then expires)."""
+    try:
+        await grant.release()
+    except KonductorError as exc:
+        s.error(f"could not release {grant._describe()} ({exc}); it expires after its TTL")

@@ -1,0 +1,396 @@
+"""``konductor semaphore create|get|list|delete|acquire|release|run``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from konductor._errors import AlreadyExists, Conflict, KonductorError, NotFound
+from konductor._primitives import _queue_state as qstate
+from konductor._primitives._semaphore import Permit
+from konductor._store._base import StoredObject
+from konductor._store._kinds import SEMAPHORE
+from konductor.cli import _options as opt
+from konductor.cli._child import run_child
+from konductor.cli._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    JSON,
+    Session,
+    fields,
+    positive,
+    table,
+)
+from konductor.cli._describe import in_use, queue_entries, semaphore_state
+
+log = logging.getLogger("konductor.cli")
+
+
+def register(groups: opt.SubParsers, parent: object) -> None:
+    group = opt.group(
+        groups,
+        "semaphore",
+        "at most N holders at once, first come, first served",
+        "A semaphore admits at most --permits holders at once (FIFO). The permit "
+        "count is the object's spec: `semaphore create` sets it, `kubectl edit` changes it.",
+    )
+    sub = opt.subcommands(group)
+
+    p = opt.leaf(sub, "create", create, parent, "create a semaphore with N permits")
+    opt.name(p)
+    p.add_argument("--permits", type=positive, required=True, help="how many holders at once")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="if it exists with another permit count, change the count (existing holders stay)",
+    )
+
+    p = opt.leaf(sub, "get", get, parent, "show a semaphore: permits, holders, waiters")
+    opt.name(p)
+
+    opt.leaf(sub, "list", list_, parent, "list the semaphores in the namespace")
+
+    p = opt.leaf(sub, "delete", delete, parent, "delete a semaphore")
+    opt.name(p)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="delete it even while it has holders or waiters (they lose their permits)",
+    )
+
+    p = opt.leaf(
+        sub,
+        "acquire",
+        acquire,
+        parent,
+        "acquire a permit and hold it until interrupted (Ctrl-C releases it)",
+        "Waits for a permit, prints its fencing token, then holds it (renewing) until "
+        "Ctrl-C / SIGTERM, or for --for seconds. A permit cannot outlive the process "
+        "that renews it, so this command stays in the foreground while it holds.",
+    )
+    _acquire_options(p)
+    opt.hold_for(p)
+
+    p = opt.leaf(
+        sub,
+        "release",
+        release,
+        parent,
+        "force-remove holders or waiters (an operator action)",
+        "Removes entries from the semaphore's status: the permit is freed at once and "
+        "the next waiter is granted. The process that held it notices at its next "
+        "renewal (within ttl/3) and treats the permit as lost. Use it for a holder "
+        "that is stuck, not one that is dead (a dead holder expires after its TTL).",
+    )
+    opt.name(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--holder", metavar="IDENTITY", help="every entry of this identity")
+    which.add_argument("--id", metavar="ID", help="the entry with this id (see `semaphore get`)")
+    which.add_argument("--all", action="store_true", help="every holder and waiter")
+
+    p = opt.leaf(
+        sub,
+        "run",
+        run,
+        parent,
+        "run a command while holding a permit (a cluster-wide flock)",
+        "Acquires a permit, runs CMD with KONDUCTOR_FENCING_TOKEN and KONDUCTOR_IDENTITY "
+        "in its environment, renews while it runs, passes signals on, releases when it "
+        "exits and exits with its exit code.",
+        run=True,
+    )
+    _acquire_options(p)
+    opt.kill_grace(p)
+
+
+def _acquire_options(p: argparse.ArgumentParser) -> None:
+    opt.name(p)
+    p.add_argument(
+        "--permits",
+        type=positive,
+        help="create the semaphore with N permits if it does not exist (the cluster's count wins)",
+    )
+    p.add_argument("--count", type=positive, default=1, help="how many permits to take (default 1)")
+    opt.ttl(p)
+    opt.timeout(p, "how long to wait for the permit (default: forever); exit 3 after it")
+
+
+# -- data -----------------------------------------------------------------------------
+
+
+def _data(obj: StoredObject, namespace: str) -> JSON:
+    entries = queue_entries(obj.status)
+    return {
+        "name": obj.name,
+        "namespace": namespace,
+        "permits": obj.spec.get("permits"),
+        "inUse": in_use(obj.status),
+        "waiting": sum(1 for e in entries if e.role == "waiting"),
+        "nextToken": obj.status.get("nextToken", 1),
+        "holders": [e.to_json() for e in entries if e.role == "holder"],
+        "queue": [e.to_json() for e in entries if e.role == "waiting"],
+    }
+
+
+def _permit_data(permit: Permit, namespace: str) -> JSON:
+    return {
+        "name": permit.name,
+        "namespace": namespace,
+        "token": permit.token,
+        "id": permit.id,
+        "holder": permit.holder,
+        "count": permit.count,
+    }
+
+
+def _render_wait(name: str, identity: str) -> opt.Render:
+    def render(obj: StoredObject | None) -> str:
+        if obj is None:
+            return f"semaphore {name!r}: creating it"
+        queue = [e for e in queue_entries(obj.status) if e.role == "waiting"]
+        position = next((i + 1 for i, e in enumerate(queue) if e.identity == identity), None)
+        used = f"{in_use(obj.status)}/{obj.spec.get('permits', '?')} permits in use"
+        if position is not None:
+            return f"waiting for semaphore {name!r}: queue position {position} ({used})"
+        return f"waiting for semaphore {name!r}: {used}, {len(queue)} waiting"
+
+    return render
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+async def create(s: Session) -> int:
+    a = s.args
+    store = s.store()
+    try:
+        obj = await store.create(SEMAPHORE, a.name, {"permits": a.permits})
+        action = "created"
+    except AlreadyExists:
+        while True:
+            obj = await store.get(SEMAPHORE, a.name)
+            current = obj.spec.get("permits")
+            if current == a.permits:
+                action = "unchanged"
+                break
+            if not a.update:
+                raise AlreadyExists(
+                    f"semaphore {a.name!r} already exists with permits={current}; pass "
+                    f"--update to change it to {a.permits} (holders keep their permits)"
+                ) from None
+            try:
+                obj = await store.replace_spec(
+                    SEMAPHORE, a.name, {**obj.spec, "permits": a.permits}, version=obj.version
+                )
+            except Conflict:
+                continue
+            action = f"updated (permits {current} -> {a.permits})"
+            break
+    s.emit(
+        {**_data(obj, store.namespace), "action": action.split(" ")[0]},
+        lambda: f"semaphore {a.name!r} {action}: permits={a.permits}",
+    )
+    return EXIT_OK
+
+
+async def get(s: Session) -> int:
+    store = s.store()
+    obj = await store.get(SEMAPHORE, s.args.name)
+
+    def render() -> str:
+        head = fields(
+            [
+                ("Name", obj.name),
+                ("Namespace", store.namespace),
+                ("Permits", obj.spec.get("permits")),
+                ("State", semaphore_state(obj)),
+                ("Next token", obj.status.get("nextToken", 1)),
+            ]
+        )
+        entries = queue_entries(obj.status)
+        if not entries:
+            return head
+        rows = [
+            [e.role, e.identity, e.id, e.count, *e.cells()[2:]]
+            for e in entries  # holders first, then waiters in queue order
+        ]
+        headers = ["ROLE", "IDENTITY", "ID", "COUNT", "TOKEN", "TTL", "RENEWED"]
+        return head + "\n\n" + table(headers, rows)
+
+    s.emit(_data(obj, store.namespace), render)
+    return EXIT_OK
+
+
+async def list_(s: Session) -> int:
+    store = s.store()
+    objects = (await store.list(SEMAPHORE)).items
+
+    def render() -> str:
+        if not objects:
+            return f"no semaphores in namespace {store.namespace!r}"
+        rows = [
+            [o.name, o.spec.get("permits"), in_use(o.status), len(o.status.get("queue") or [])]
+            for o in objects
+        ]
+        return table(["NAME", "PERMITS", "IN-USE", "WAITING"], rows)
+
+    s.emit(
+        {"namespace": store.namespace, "items": [_data(o, store.namespace) for o in objects]},
+        render,
+    )
+    return EXIT_OK
+
+
+async def delete(s: Session) -> int:
+    a = s.args
+    store = s.store()
+    while True:
+        obj = await store.get(SEMAPHORE, a.name)
+        entries = queue_entries(obj.status)
+        if entries and not a.force:
+            holders = sum(1 for e in entries if e.role == "holder")
+            raise KonductorError(
+                f"semaphore {a.name!r} has {holders} holder(s) and {len(entries) - holders} "
+                "waiter(s); pass --force to delete it anyway (they lose their permits)"
+            )
+        try:
+            await store.delete(SEMAPHORE, a.name, version=obj.version)
+        except Conflict:
+            continue  # changed since read: decide again on what it holds now
+        break
+    s.emit(
+        {"name": a.name, "namespace": store.namespace, "deleted": True},
+        lambda: f"semaphore {a.name!r} deleted",
+    )
+    return EXIT_OK
+
+
+async def _ensure_exists(s: Session) -> None:
+    """Without --permits a missing semaphore cannot be created: say how, before waiting."""
+    if s.args.permits is None:
+        try:
+            await s.store().get(SEMAPHORE, s.args.name)
+        except NotFound:
+            raise NotFound(
+                f"semaphore {s.args.name!r} does not exist in namespace {s.namespace!r}; "
+                "pass --permits N to create it"
+            ) from None
+
+
+async def _acquire(s: Session) -> Permit:
+    a = s.args
+    await _ensure_exists(s)
+    client = s.client()
+
+    async def undo(permit: Permit) -> None:
+        await permit.release()
+
+    return await s.watching(
+        SEMAPHORE,
+        a.name,
+        _render_wait(a.name, client.identity),
+        client.acquire_semaphore(a.name, a.permits, count=a.count, ttl=a.ttl, timeout=a.timeout),
+        undo=undo,
+    )
+
+
+async def acquire(s: Session) -> int:
+    permit = await _acquire(s)
+    s.emit(
+        _permit_data(permit, s.namespace),
+        lambda: (
+            f"acquired semaphore {permit.name!r}: token {permit.token} "
+            f"(count {permit.count}, holder {permit.holder}, id {permit.id})"
+        ),
+    )
+    for_ = s.args.for_
+    s.say(
+        f"holding for {for_:g}s; Ctrl-C to release early"
+        if for_ is not None
+        else "holding; Ctrl-C to release"
+    )
+    outcome = await s.hold(permit.lost, for_)
+    await permit.release()
+    if outcome == "lost":
+        s.error(f"the permit was lost: {permit.lost_reason}")
+        return EXIT_ERROR
+    s.say(f"released semaphore {permit.name!r} (token {permit.token})")
+    return EXIT_OK
+
+
+async def release(s: Session) -> int:
+    a = s.args
+    store = s.store()
+    while True:
+        obj = await store.get(SEMAPHORE, a.name)
+        entries = queue_entries(obj.status)
+        chosen = [
+            e
+            for e in entries
+            if a.all
+            or (a.holder is not None and e.identity == a.holder)
+            or (a.id is not None and e.id == a.id)
+        ]
+        if not chosen:
+            if a.all:
+                break
+            which = f"--holder {a.holder}" if a.holder is not None else f"--id {a.id}"
+            raise NotFound(
+                f"no holder or waiter of semaphore {a.name!r} matches {which} "
+                f"(see `konductor semaphore get {a.name}`)"
+            )
+        out = qstate.release(
+            obj.status, obj.spec, {str(e.id) for e in chosen}, (), qstate.SEMAPHORE
+        )
+        if out.status is None:
+            break
+        try:
+            await store.replace_status(SEMAPHORE, a.name, out.status, version=obj.version)
+        except Conflict:
+            continue
+        break
+
+    def render() -> str:
+        if not chosen:
+            return f"semaphore {a.name!r} has no holders or waiters: nothing removed"
+        lines = [
+            f"removed {len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'} from "
+            f"semaphore {a.name!r}:"
+        ]
+        lines += [
+            f"  {e.role} {e.identity} (id {e.id}"
+            + (f", token {e.token})" if e.token is not None else ")")
+            for e in chosen
+        ]
+        return "\n".join(lines)
+
+    s.emit(
+        {"name": a.name, "namespace": store.namespace, "removed": [e.to_json() for e in chosen]},
+        render,
+    )
+    return EXIT_OK
+
+
+async def run(s: Session) -> int:
+    permit = await _acquire(s)
+    try:
+        s.check_interrupted()
+        log.info(
+            "acquired semaphore %r (token %d); running %s",
+            permit.name,
+            permit.token,
+            s.args.command,
+        )
+        return await run_child(
+            s,
+            s.args.command,
+            env={
+                "KONDUCTOR_FENCING_TOKEN": str(permit.token),
+                "KONDUCTOR_IDENTITY": permit.holder,
+            },
+            grant=permit,
+            grace=s.args.kill_grace,
+        )
+    finally:
+        await asyncio.shield(opt.release_quietly(s, permit))
