@@ -161,6 +161,11 @@ class Progress:
         self.stream.write("\r\x1b[K" + line)
         self.stream.flush()
 
+    def stop(self) -> None:
+        """Erase the line and draw no more (a child is about to use the terminal)."""
+        self.clear()
+        self.enabled = False
+
     def clear(self) -> None:
         if self._last is not None:
             self._last = None

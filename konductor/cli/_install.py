@@ -66,7 +66,6 @@ def register(groups: opt.SubParsers, parent: object) -> None:
         "  konductor manifests | kubectl apply -f -                     # the CRDs\n"
         "  konductor manifests --rbac -n NAMESPACE | kubectl apply -f -  # the RBAC\n"
         "-o json prints one v1 List instead of a YAML stream.",
-        store=False,
         raw=True,
     )
     p.add_argument("--crds", action="store_true", help="print the CRDs (the default)")

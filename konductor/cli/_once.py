@@ -139,6 +139,7 @@ async def run(s: Session) -> int:
     client = s.client()
 
     async def fn() -> int:
+        s.progress.stop()  # the command owns the terminal now
         code = await run_child(
             s,
             a.command,

@@ -39,7 +39,6 @@ def leaf(
     description: str | None = None,
     *,
     run: bool = False,
-    store: bool = True,
     raw: bool = False,
 ) -> argparse.ArgumentParser:
     """A command: ``handler(session)`` runs it. ``run=True``: it takes ``-- CMD ...``."""
@@ -55,7 +54,7 @@ def leaf(
         formatter_class=RAW if raw else FORMATTER,
         usage=usage,
     )
-    p.set_defaults(handler=handler, parser=p, run=run, needs_store=store)
+    p.set_defaults(handler=handler, parser=p, run=run)
     return p
 
 

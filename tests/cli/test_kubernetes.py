@@ -38,6 +38,15 @@ def entries(kube: Target, name: str) -> tuple[list[Any], list[Any]]:
     return got["holders"], got["queue"]
 
 
+def held_lease(kube: Target, name: str) -> Any:
+    """The Lease's status once somebody holds it (None before, also while it does not exist)."""
+    proc = kube.run("lease", "status", name, "-o", "json")
+    if proc.returncode != 0:
+        return None
+    got = json.loads(proc.stdout)
+    return got if got["held"] else None
+
+
 # -- install and manifests -------------------------------------------------------------
 
 
@@ -302,10 +311,7 @@ def test_barrier_arrive_wait_status(kube: Target) -> None:
 def test_lease_acquire_status_release(kube: Target) -> None:
     leader = kube.spawn("lease", "acquire", "scheduler", "--ttl", "3")
     try:
-        got = eventually(
-            lambda: (d := kube.data("lease", "status", "scheduler"))["held"] and d,
-            what="the leader",
-        )
+        got = eventually(lambda: held_lease(kube, "scheduler"), what="the leader")
         assert got["leaseDurationSeconds"] == 3
         challenger = kube.run("lease", "acquire", "scheduler", "--timeout", "1")
         assert challenger.returncode == 3

@@ -178,7 +178,7 @@ def test_semaphore_run_never_exceeds_its_permits(kube: Target) -> None:
     r = redis.Redis(host="127.0.0.1", port=6379)
     procs = [
         kube.spawn(
-            "semaphore", "run", "pool", "--permits", "2", "--", PY, "-c", WITNESS_CHILD, key, "0.7"
+            "semaphore", "run", "pool", "--permits", "2", "--", PY, "-c", WITNESS_CHILD, key, "1.5"
         )
         for _ in range(6)
     ]

@@ -210,3 +210,23 @@ def test_ctrl_c_on_a_terminal_while_waiting(tmp_path: Path) -> None:
         kill_all([holder])
         if term is not None:
             term.close()
+
+
+def test_no_progress_line_while_the_command_of_run_owns_the_terminal(tmp_path: Path) -> None:
+    store = ["--store", f"local:{tmp_path / 'k.db'}"]
+    for args in (
+        ["once", "run", "o"],
+        ["semaphore", "run", "s", "--permits", "1"],
+        ["lease", "run", "l"],
+    ):
+        script = "echo child-output >&2; sleep 1; echo child-done >&2"
+        term = Terminal(*store, *args, "--", "sh", "-c", script)
+        try:
+            code, _, _ = finish(term.proc)
+            assert code == 0
+            screen = term.read()
+            assert "child-output" in screen
+            after = screen.split("child-output", 1)[1]
+            assert after.strip() == "child-done", after  # nothing drawn over the child's output
+        finally:
+            term.close()
