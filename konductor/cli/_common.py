@@ -30,6 +30,7 @@ import yaml
 
 from konductor._client import Client
 from konductor._errors import ConfigurationError, KonductorError, NotFound
+from konductor._primitives._grant import Grant
 from konductor._store._base import Store, StoredObject
 from konductor._store._kinds import Kind
 
@@ -381,6 +382,26 @@ class Session:
         if lost.is_set():
             return "lost"
         return "stopped" if done else "elapsed"
+
+    async def hold_grant(self, grant: Grant, what: str, lost_what: str) -> int:
+        """``acquire`` commands: hold ``grant`` in the foreground, then release it.
+
+        Holds until Ctrl-C / SIGTERM or ``--for`` seconds; exits 1 (after
+        saying so) if the grant was lost meanwhile.
+        """
+        for_ = self.args.for_
+        self.say(
+            f"holding for {for_:g}s; Ctrl-C to release early"
+            if for_ is not None
+            else "holding; Ctrl-C to release"
+        )
+        outcome = await self.hold(grant.lost, for_)
+        await grant.release()
+        if outcome == "lost":
+            self.error(f"{lost_what} was lost: {grant.lost_reason}")
+            return EXIT_ERROR
+        self.say(f"released {what} {grant.name!r} (token {grant.token})")
+        return EXIT_OK
 
     # -- progress -------------------------------------------------------------------
 

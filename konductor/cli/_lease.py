@@ -15,7 +15,7 @@ from konductor._store._base import StoredObject
 from konductor._store._kinds import LEASE
 from konductor.cli import _options as opt
 from konductor.cli._child import run_child
-from konductor.cli._common import EXIT_ERROR, EXIT_OK, JSON, Session, ago, fields
+from konductor.cli._common import EXIT_OK, JSON, Session, ago, fields
 
 log = logging.getLogger("konductor.cli")
 
@@ -139,19 +139,7 @@ async def acquire(s: Session) -> int:
         _lease_data(lease, s.namespace),
         lambda: f"acquired lease {lease.name!r}: token {lease.token} (holder {lease.holder})",
     )
-    for_ = s.args.for_
-    s.say(
-        f"holding for {for_:g}s; Ctrl-C to release early"
-        if for_ is not None
-        else "holding; Ctrl-C to release"
-    )
-    outcome = await s.hold(lease.lost, for_)
-    await lease.release()
-    if outcome == "lost":
-        s.error(f"leadership was lost: {lease.lost_reason}")
-        return EXIT_ERROR
-    s.say(f"released lease {lease.name!r} (token {lease.token})")
-    return EXIT_OK
+    return await s.hold_grant(lease, "lease", "leadership")
 
 
 async def release(s: Session) -> int:

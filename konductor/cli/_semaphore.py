@@ -14,7 +14,6 @@ from konductor._store._kinds import SEMAPHORE
 from konductor.cli import _options as opt
 from konductor.cli._child import run_child
 from konductor.cli._common import (
-    EXIT_ERROR,
     EXIT_OK,
     JSON,
     Session,
@@ -304,19 +303,7 @@ async def acquire(s: Session) -> int:
             f"(count {permit.count}, holder {permit.holder}, id {permit.id})"
         ),
     )
-    for_ = s.args.for_
-    s.say(
-        f"holding for {for_:g}s; Ctrl-C to release early"
-        if for_ is not None
-        else "holding; Ctrl-C to release"
-    )
-    outcome = await s.hold(permit.lost, for_)
-    await permit.release()
-    if outcome == "lost":
-        s.error(f"the permit was lost: {permit.lost_reason}")
-        return EXIT_ERROR
-    s.say(f"released semaphore {permit.name!r} (token {permit.token})")
-    return EXIT_OK
+    return await s.hold_grant(permit, "semaphore", "the permit")
 
 
 async def release(s: Session) -> int:
