@@ -1,6 +1,8 @@
-"""A worker process for the multi-process semaphore tests.
+"""A worker process for the multi-process semaphore tests, on either shared store.
 
-Runs TASKS concurrent tasks, each acquiring the semaphore ROUNDS times; inside,
+The store is ``--db PATH`` (a LocalStore file) or ``--kubeconfig`` plus
+``--namespace`` (the real API server). Runs TASKS concurrent tasks, each
+acquiring the semaphore ROUNDS times; inside,
 a Redis counter (a witness independent of konductor) records how many holders
 are inside at once. With ``--hold-forever`` it acquires once, prints HELD and
 blocks (to be SIGKILLed by the test).
@@ -15,7 +17,7 @@ import sys
 import redis.asyncio as redis
 
 from konductor import Client
-from konductor.store import KubernetesStore
+from konductor.store import KubernetesStore, LocalStore, Store
 
 MAX_SCRIPT = """
 local v = redis.call('INCR', KEYS[1])
@@ -28,8 +30,9 @@ return v
 
 async def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--kubeconfig", required=True)
-    p.add_argument("--namespace", required=True)
+    p.add_argument("--kubeconfig")
+    p.add_argument("--namespace")
+    p.add_argument("--db")
     p.add_argument("--name", required=True)
     p.add_argument("--permits", type=int, default=3)
     p.add_argument("--tasks", type=int, default=10)
@@ -39,7 +42,11 @@ async def main() -> None:
     p.add_argument("--hold-forever", action="store_true")
     args = p.parse_args()
 
-    store = KubernetesStore(args.namespace, kubeconfig=args.kubeconfig)
+    store: Store = (
+        LocalStore(args.db)
+        if args.db
+        else KubernetesStore(args.namespace, kubeconfig=args.kubeconfig)
+    )
     async with Client(store) as client:
         if args.hold_forever:
             await client.acquire_semaphore(args.name, permits=args.permits, ttl=args.ttl)
