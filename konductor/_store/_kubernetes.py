@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,6 +22,8 @@ from konductor._store._kinds import Kind
 from konductor._store._watch import Bookmark, RawEvent
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "konductor"}
+#: Seconds of silence past a watch's own ``timeoutSeconds`` that mark its connection dead.
+WATCH_MARGIN = 10
 
 
 def _to_object(kind: Kind, raw: Mapping[str, Any]) -> StoredObject:
@@ -64,7 +66,7 @@ class KubernetesStore(Store):
         api_client: Any = None,
         request_timeout: float = 30.0,
         retry_deadline: float = 15.0,
-        watch_timeout: tuple[int, int] = (240, 360),
+        watch_timeout: tuple[int, int] = (40, 60),
     ) -> None:
         from konductor._kube import _config
 
@@ -140,11 +142,14 @@ class KubernetesStore(Store):
 
     # -- Store ---------------------------------------------------------------------------
 
-    async def get(self, kind: Kind, name: str) -> StoredObject:
+    async def get(self, kind: Kind, name: str, *, timeout: float | None = None) -> StoredObject:
         validate_name(name)
         api = await self._connect()
         raw = await api.request(
-            "GET", f"{self._collection(kind)}/{name}", self._target("get", kind, name)
+            "GET",
+            f"{self._collection(kind)}/{name}",
+            self._target("get", kind, name),
+            timeout=timeout,
         )
         return _to_object(kind, raw)
 
@@ -171,7 +176,14 @@ class KubernetesStore(Store):
         }
 
     async def replace_status(
-        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         validate_name(name)
         if not kind.has_status:
@@ -182,11 +194,20 @@ class KubernetesStore(Store):
             f"{self._collection(kind)}/{name}/status",
             self._target("update", kind, name),
             body=self._update_body(kind, name, version, status=status),
+            timeout=timeout,
+            on_attempt=on_sent,
         )
         return _to_object(kind, raw)
 
     async def replace_spec(
-        self, kind: Kind, name: str, spec: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        spec: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         validate_name(name)
         api = await self._connect()
@@ -195,6 +216,8 @@ class KubernetesStore(Store):
             f"{self._collection(kind)}/{name}",
             self._target("update", kind, name),
             body=self._update_body(kind, name, version, spec=spec),
+            timeout=timeout,
+            on_attempt=on_sent,
         )
         return _to_object(kind, raw)
 
@@ -233,8 +256,10 @@ class KubernetesStore(Store):
         if name is not None:
             query.append(("fieldSelector", f"metadata.name={name}"))
         target = self._target("watch", kind, name)
+        # The server ends a quiet watch after timeoutSeconds; a stream silent for
+        # longer than that (plus a margin) is a dead connection, not a quiet object.
         async with api.stream(
-            self._collection(kind), target, query, read_timeout=server_timeout + 30
+            self._collection(kind), target, query, read_timeout=server_timeout + WATCH_MARGIN
         ) as lines:
 
             async def events() -> AsyncIterator[RawEvent]:
