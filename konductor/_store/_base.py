@@ -127,6 +127,9 @@ class Store(abc.ABC):
     ) -> StoredObject:
         """Write the spec if the object is still at ``version``; the status is kept.
 
+        So is the metadata others own (labels, annotations, finalizers, owner
+        references): a spec write changes nothing but the spec.
+
         Raises:
             Conflict: the object changed since ``version``.
             NotFound: the object no longer exists.
