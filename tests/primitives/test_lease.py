@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -44,8 +46,8 @@ async def test_acquire_renew_release_and_the_record_written(
     with pytest.raises(LeaseLost, match="released"):
         lease.ensure_held()
     spec = (await backend.store.get(LEASE, "leader")).spec
-    # client-go's ReleaseOnCancel shape: no holder, duration 1, transitions kept.
-    assert "holderIdentity" not in spec
+    # client-go's ReleaseOnCancel shape: holder "", duration 1, transitions kept.
+    assert spec["holderIdentity"] == ""
     assert spec["leaseDurationSeconds"] == 1
     assert spec["leaseTransitions"] == 0
     async with client.lease("leader", ttl=7) as again:
@@ -75,9 +77,52 @@ async def test_bad_arguments_fail_before_any_api_call(clients: Clients, backend:
         await client.try_acquire_lease("bad", ttl=0.99)
     with pytest.raises(InvalidArgument, match="leader_fn"):
         await client.campaign("bad", None)  # type: ignore[arg-type]
+
+    async def lead(lease: Lease) -> None:
+        await asyncio.sleep(0)
+
     with pytest.raises(InvalidArgument, match="ttl"):
-        await client.campaign("bad", lambda lease: asyncio.sleep(0), ttl=0)
+        await client.campaign("bad", lead, ttl=0)
     assert (await backend.store.list(LEASE)).items == ()
+
+
+async def _no_args() -> None:
+    pass
+
+
+async def _two_args(lease: Lease, extra: int) -> None:
+    pass
+
+
+def _sync(lease: Lease) -> None:
+    pass
+
+
+class _AsyncCallable:
+    async def __call__(self, lease: Lease) -> int:
+        return 7
+
+
+async def test_leader_fn_is_checked_before_anything_is_written(
+    clients: Clients, backend: Backend
+) -> None:
+    client = clients()
+    bad: list[tuple[Any, str]] = [
+        (lambda: 1, "async function"),
+        (_sync, "async function"),
+        (lambda lease: asyncio.sleep(0), "async function"),  # sync, returns an awaitable
+        (_no_args, "one argument"),
+        (_two_args, "one argument"),
+        (functools.partial(_two_args, extra=1, lease=None), "one argument"),
+        (42, "async function"),
+    ]
+    for fn, problem in bad:
+        with pytest.raises(InvalidArgument, match=f"leader_fn must .*{problem}"):
+            await client.campaign("checked", fn)
+    assert (await backend.store.list(LEASE)).items == ()  # nothing was written
+    # What passes the check: an async function, a partial of one, an async __call__.
+    assert await client.campaign("checked", _AsyncCallable(), ttl=3) == 7
+    assert await client.campaign("checked", functools.partial(_two_args, extra=1), ttl=3) is None
 
 
 async def test_mutual_exclusion_and_increasing_tokens_under_contention(clients: Clients) -> None:
@@ -229,11 +274,11 @@ async def test_campaign_returns_what_leader_fn_returns_and_releases(
         return lease.token + 100
 
     assert await client.campaign("once", lead, ttl=5) == 100
-    assert "holderIdentity" not in (await backend.store.get(LEASE, "once")).spec
+    assert (await backend.store.get(LEASE, "once")).spec["holderIdentity"] == ""
 
     async def fail(lease: Lease) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         await client.campaign("once", fail, ttl=5)
-    assert "holderIdentity" not in (await backend.store.get(LEASE, "once")).spec
+    assert (await backend.store.get(LEASE, "once")).spec["holderIdentity"] == ""
