@@ -297,3 +297,168 @@ async def test_blackholed_konductor_is_cancelled_before_clientgo_takes_over(
         f"cut -> go start {go_start.at - cut:.3f}s, gap {go_start.at - kon_stop.at:.3f}s; "
         f"after unblock kon leads again {again.at - go_stop.at:.3f}s after go released"
     )
+
+
+OWNER_UID = "6a1f3c0e-58a4-4bd4-9b7e-2f0d6c1b9a11"
+METADATA = {
+    "labels": {"app.kubernetes.io/managed-by": "platform-team", "team": "a"},
+    "annotations": {"example.com/owner": "payments", "example.com/ticket": "OPS-1"},
+    "finalizers": ["example.com/keep"],
+    "ownerReferences": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": OWNER_UID}
+    ],
+}
+
+
+def kept(doc: dict[str, Any]) -> dict[str, Any]:
+    meta = doc["metadata"]
+    return {k: meta.get(k) for k in METADATA}
+
+
+async def test_every_writer_keeps_metadata_it_does_not_own(h: Harness) -> None:
+    lease = name()
+    t = "2026-01-01T00:00:00.000000Z"
+    resp = h.kube.request(
+        "POST",
+        h.env.path(),
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": lease, **METADATA},
+            "spec": {
+                "holderIdentity": "",
+                "leaseDurationSeconds": 1,
+                "acquireTime": t,
+                "renewTime": t,
+                "leaseTransitions": 5,
+                # Fields of Kubernetes 1.31+: v1.20's Lease has no such fields.
+                "preferredHolder": "someone",
+                "strategy": "OldestEmulationVersion",
+            },
+        },
+    )
+    assert resp.status == 201, resp.body
+    created = resp.json()
+    assert kept(created) == METADATA
+    # What v1.20 does with unknown fields of a built-in type: drops them.
+    assert "preferredHolder" not in created["spec"]
+    assert "strategy" not in created["spec"]
+
+    # konductor takes it, renews it, someone labels it meanwhile, konductor renews again.
+    client = Client(KubernetesStore(h.ns, kubeconfig=h.kubeconfig), identity="kon")
+    h.clients.append(client)
+    held = await client.acquire_lease(lease, ttl=TTL)
+    assert held.token == 6
+    doc = h.env.get(lease)
+    assert kept(doc) == METADATA
+    first_renewal = doc["spec"]["renewTime"]
+    await asyncio.sleep(TTL / 3 + 0.3)
+    doc = h.env.get(lease)
+    assert doc["spec"]["renewTime"] != first_renewal  # renewed
+    assert kept(doc) == METADATA
+    doc["metadata"]["labels"]["added-later"] = "yes"
+    resp = h.kube.request("PUT", h.env.path(lease), doc)
+    assert resp.status == 200, resp.body
+    later = resp.json()["spec"]["renewTime"]
+    await asyncio.sleep(TTL / 3 + 0.3)
+    doc = h.env.get(lease)
+    assert doc["spec"]["renewTime"] != later  # renewed after a conflict, from the new version
+    expected = {**METADATA, "labels": {**METADATA["labels"], "added-later": "yes"}}
+    assert kept(doc) == expected
+    await held.release()
+    doc = h.env.get(lease)
+    assert doc["spec"]["holderIdentity"] == ""
+    assert kept(doc) == expected
+
+    # client-go takes it and releases it: it keeps the metadata too.
+    go = h.go("go-a", lease)
+    await h.witness.await_event("go-a", "start-leading", 30)
+    assert h.env.get(lease)["spec"]["holderIdentity"] == "go-a"
+    go.terminate()
+    h.witness.wait("go-a", "stop-leading", 10)
+    doc = h.env.get(lease)
+    assert doc["spec"]["holderIdentity"] == ""
+    assert kept(doc) == expected
+
+    # konductor again, after client-go's writes: a fresh store that has seen nothing.
+    again = Client(KubernetesStore(h.ns, kubeconfig=h.kubeconfig), identity="kon-2")
+    h.clients.append(again)
+    async with again.lease(lease, ttl=TTL) as lease_again:
+        assert lease_again.token == 8
+        assert kept(h.env.get(lease)) == expected
+    doc = h.env.get(lease)
+    assert doc["spec"]["leaseTransitions"] == 8
+    assert kept(doc) == expected
+
+
+async def test_lease_transitions_at_the_int32_maximum(h: Harness) -> None:
+    lease = name()
+    t = "2026-01-01T00:00:00.000000Z"
+    spec = {
+        "holderIdentity": "",
+        "leaseDurationSeconds": 1,
+        "acquireTime": t,
+        "renewTime": t,
+        "leaseTransitions": 2**31 - 1,
+    }
+    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": lease}}
+    resp = h.kube.request("POST", h.env.path(), {**body, "spec": spec})
+    assert resp.status == 201, resp.body
+    # The server's own bounds: more than int32 cannot be written, nor a negative count.
+    over = h.kube.request(
+        "POST",
+        h.env.path(),
+        {**body, "metadata": {"name": f"{lease}-x"}, "spec": {**spec, "leaseTransitions": 2**31}},
+    )
+    assert over.status in (400, 422), over.body
+    negative = h.kube.request(
+        "POST",
+        h.env.path(),
+        {**body, "metadata": {"name": f"{lease}-y"}, "spec": {**spec, "leaseTransitions": -1}},
+    )
+    assert negative.status == 422, negative.body
+
+    # client-go computes int32(old + 1) = -2147483648, which the server refuses:
+    # it never leads. (This is why konductor does not copy it here.)
+    go = h.go("go-a", lease)
+    await asyncio.sleep(3.0)
+    assert h.witness.first("go-a", "start-leading") is None
+    assert any("leaseTransitions" in line for line in go.stderr), go.stderr
+    go.close()
+
+    # konductor wraps to 0 (as a Lease created anew) and can be taken over again.
+    client = Client(KubernetesStore(h.ns, kubeconfig=h.kubeconfig), identity="kon")
+    h.clients.append(client)
+    async with client.lease(lease, ttl=TTL) as held:
+        assert held.token == 0
+        assert h.env.get(lease)["spec"]["leaseTransitions"] == 0
+    async with client.lease(lease, ttl=TTL) as next_held:
+        assert next_held.token == 1
+
+
+async def test_a_spec_write_with_a_version_learnt_elsewhere_keeps_metadata(h: Harness) -> None:
+    from konductor.store import LEASE
+
+    lease = name()
+    resp = h.kube.request(
+        "POST",
+        h.env.path(),
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": lease, **METADATA},
+            "spec": {"holderIdentity": "x", "leaseDurationSeconds": 3},
+        },
+    )
+    assert resp.status == 201, resp.body
+    async with (
+        KubernetesStore(h.ns, kubeconfig=h.kubeconfig) as reader,
+        KubernetesStore(h.ns, kubeconfig=h.kubeconfig) as writer,
+    ):
+        obj = await reader.get(LEASE, lease)
+        # writer has never seen the object: it reads the metadata once, then writes.
+        written = await writer.replace_spec(
+            LEASE, lease, {**obj.spec, "leaseDurationSeconds": 9}, version=obj.version
+        )
+        assert written.spec["leaseDurationSeconds"] == 9
+        assert kept(h.env.get(lease)) == METADATA
