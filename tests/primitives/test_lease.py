@@ -14,12 +14,13 @@ import pytest
 from konductor import (
     AcquireTimeout,
     Client,
+    Conflict,
     InvalidArgument,
     InvalidName,
     LeaseLost,
 )
 from konductor._primitives._lease import Lease
-from konductor.store import LEASE
+from konductor.store import LEASE, LocalStore, MemoryStore, Store
 from tests.primitives.lease_helpers import MICRO_TIME, Leaders, Outage, tokens_increase
 from tests.store.conftest import Backend
 
@@ -282,3 +283,104 @@ async def test_campaign_returns_what_leader_fn_returns_and_releases(
     with pytest.raises(RuntimeError, match="boom"):
         await client.campaign("once", fail, ttl=5)
     assert (await backend.store.get(LEASE, "once")).spec["holderIdentity"] == ""
+
+
+# --- spec.preferredHolder (Kubernetes 1.31+; v1.20 drops the field, so these run on the
+# --- in-process stores, which keep unknown Lease fields as newer API servers do)
+
+
+@pytest.fixture(params=["memory", "local"])
+def two_stores(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[Store, Store]:
+    if request.param == "memory":
+        memory = MemoryStore()
+        return memory, memory
+    db = tmp_path / "konductor.db"
+    return LocalStore(db), LocalStore(db)
+
+
+async def _prefer(store: Store, name: str, who: str | None) -> None:
+    """Set spec.preferredHolder as a person or a controller would (kubectl edit)."""
+    while True:
+        obj = await store.get(LEASE, name)
+        spec = dict(obj.spec)
+        if who is None:
+            spec.pop("preferredHolder", None)
+        else:
+            spec["preferredHolder"] = who
+        try:
+            await store.replace_spec(LEASE, name, spec, version=obj.version)
+            return
+        except Conflict:
+            continue
+
+
+async def test_the_leader_yields_to_the_preferred_holder(two_stores: tuple[Store, Store]) -> None:
+    store_a, store_b = two_stores
+    a, b = Client(store_a, identity="a"), Client(store_b, identity="b")
+    leaders = Leaders()
+    tasks = [
+        asyncio.ensure_future(c.campaign("pref", _leader_fn(leaders, c.identity), ttl=3))
+        for c in (a, b)
+    ]
+    try:
+        await leaders.wait_for(lambda: len(leaders.current) == 1)
+        first = leaders.current[0]
+        other = "b" if first == "a" else "a"
+        first_token = leaders.history[0][1]
+        named = time.monotonic()
+        await _prefer(store_a, "pref", other)
+        # The leader's body is cancelled at its next renewal (about ttl/3), then it
+        # releases: the named one takes over at once, with the next token.
+        await leaders.wait_for(lambda: leaders.current == [other], timeout=10)
+        assert time.monotonic() - named < 3 * 0.9
+        assert first in leaders.cancelled
+        assert leaders.max == 1
+        assert leaders.history[-1] == (other, first_token + 1)
+        spec = (await store_a.get(LEASE, "pref")).spec
+        assert spec["holderIdentity"] == other
+        assert spec["preferredHolder"] == other  # kept by every writer
+        # The one that yielded campaigns again but does not take it from the preferred one.
+        await asyncio.sleep(4)
+        assert leaders.current == [other]
+        assert len(leaders.history) == 2
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await a.close()
+        await b.close()
+
+
+async def test_a_guarded_lease_yielding_raises_lease_lost_and_releases_after_the_body(
+    two_stores: tuple[Store, Store],
+) -> None:
+    store, observer = two_stores
+    client = Client(store, identity="me")
+    body_ended = 0.0
+    try:
+        with pytest.raises(LeaseLost, match=r"preferredHolder .*'go-elector'") as caught:
+            async with client.lease("guarded", ttl=3) as lease:
+                await _prefer(observer, "guarded", "go-elector")
+                try:
+                    await asyncio.sleep(30)
+                finally:
+                    body_ended = time.monotonic()
+                    # Not released while the body still runs: nobody else could take it yet.
+                    spec = (await observer.get(LEASE, "guarded")).spec
+                    assert spec["holderIdentity"] == "me"
+        assert isinstance(caught.value.__cause__, asyncio.CancelledError)
+        assert lease.is_lost
+        assert time.monotonic() - body_ended < 1
+        spec = (await observer.get(LEASE, "guarded")).spec
+        assert spec["holderIdentity"] == ""  # released at the exit
+        assert spec["preferredHolder"] == "go-elector"
+        # Nobody but the named one takes it now; clearing the field lets anyone lead.
+        assert await client.try_acquire_lease("guarded", ttl=3) is None
+        with pytest.raises(AcquireTimeout, match="preferredHolder names 'go-elector'"):
+            await client.acquire_lease("guarded", ttl=3, timeout=0.3)
+        await _prefer(observer, "guarded", None)
+        again = await client.acquire_lease("guarded", ttl=3, timeout=5)
+        assert again.token == lease.token + 1
+        await again.release()
+    finally:
+        await client.close()
