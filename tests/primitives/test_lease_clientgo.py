@@ -29,6 +29,7 @@ not konductor's.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -230,7 +231,8 @@ async def test_blackholed_clientgo_stops_leading_before_konductor_takes_over(
     h.go("go-a", lease, via, release_on_cancel=False)
     await h.witness.await_event("go-a", "start-leading", 30)
     _, task, leases = h.konductor("kon", lease)
-    await asyncio.sleep(1.3)  # a random-ish moment in client-go's renewal cycle
+    moment = random.uniform(1.0, 2.0)  # a random moment in client-go's renewal cycle
+    await asyncio.sleep(moment)
     cut = time.monotonic()
     proxy.blackhole()
     kon_start = await h.witness.await_event("kon", "start-leading", 20)
@@ -251,7 +253,8 @@ async def test_blackholed_clientgo_stops_leading_before_konductor_takes_over(
     h.assert_no_overlap("go-a", "kon")
     assert leases[0].token == 1
     report.append(
-        f"client-go blackholed: cut -> go stop {go_stop.at - cut:.3f}s, "
+        f"client-go blackholed {moment:.2f}s after konductor joined: "
+        f"cut -> go stop {go_stop.at - cut:.3f}s, "
         f"cut -> kon start {kon_start.at - cut:.3f}s, gap {kon_start.at - go_stop.at:.3f}s; "
         f"after unblock go leads again {back.at - kon_stop.at:.3f}s after kon released"
     )
@@ -266,7 +269,8 @@ async def test_blackholed_konductor_is_cancelled_before_clientgo_takes_over(
     _, _task, leases = h.konductor("kon", lease, via)
     await h.witness.await_event("kon", "start-leading", 30)
     h.go("go-a", lease)
-    await asyncio.sleep(2.1)  # a random-ish moment in konductor's renewal cycle
+    moment = random.uniform(1.0, 2.5)  # a random moment in konductor's renewal cycle
+    await asyncio.sleep(moment)
     cut = time.monotonic()
     proxy.blackhole()
     go_start = await h.witness.await_event("go-a", "start-leading", 40)
@@ -292,7 +296,8 @@ async def test_blackholed_konductor_is_cancelled_before_clientgo_takes_over(
     assert len(leases) == 2
     assert leases[1].token == leases[0].token + 2  # client-go's take-over, then ours
     report.append(
-        f"konductor blackholed: cut -> kon body cancelled {kon_stop.at - cut:.3f}s "
+        f"konductor blackholed {moment:.2f}s after client-go joined: "
+        f"cut -> kon body cancelled {kon_stop.at - cut:.3f}s "
         f"({kon_stop.at - last_renewal:.3f}s after its last renewal was sent), "
         f"cut -> go start {go_start.at - cut:.3f}s, gap {go_start.at - kon_stop.at:.3f}s; "
         f"after unblock kon leads again {again.at - go_stop.at:.3f}s after go released"
