@@ -146,7 +146,9 @@ class Store(abc.ABC):
     ) -> StoredObject:
         """Write the spec if the object is still at ``version``; the status is kept.
 
-        ``timeout`` and ``on_sent`` as for :meth:`replace_status`.
+        So is the metadata others own (labels, annotations, finalizers, owner
+        references): a spec write changes nothing but the spec. ``timeout`` and
+        ``on_sent`` as for :meth:`replace_status`.
 
         Raises:
             Conflict: the object changed since ``version``.
