@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from konductor._errors import AlreadyExists, InvalidArgument, NotFound, WaitTimeout
+from konductor._limits import MAX_PARTIES
 from konductor._names import validate_name
 from konductor._primitives import _barrier_state as state
 from konductor._primitives import _validate as check
@@ -192,7 +193,7 @@ def _party(rt: Runtime, party: object) -> str:
 def _make(rt: Runtime, name: str, expected: object) -> _Barrier:
     validate_name(name)
     if expected is not None:
-        check.positive_int(expected, "expected")
+        check.positive_int(expected, "expected", maximum=MAX_PARTIES)
     assert expected is None or isinstance(expected, int)
     return _Barrier(rt, name, expected)
 

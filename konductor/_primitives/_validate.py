@@ -6,8 +6,7 @@ import datetime as dt
 import math
 
 from konductor._errors import InvalidArgument
-
-MAX_TTL = 24 * 3600.0
+from konductor._limits import MAX_TTL
 
 
 def seconds(value: object, what: str) -> float:
@@ -48,9 +47,16 @@ def timeout(value: object) -> float | None:
     return result
 
 
-def positive_int(value: object, what: str) -> int:
+def positive_int(value: object, what: str, *, maximum: int | None = None) -> int:
+    """``value`` as an int of at least 1 (and at most ``maximum``).
+
+    Raises:
+        InvalidArgument: not an int (a bool is not), or out of range.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"{what} must be an integer, got {value!r}")
     if value < 1:
         raise InvalidArgument(f"{what} must be at least 1, got {value}")
+    if maximum is not None and value > maximum:
+        raise InvalidArgument(f"{what} must be at most {maximum:,}, got {value:,}")
     return value
