@@ -31,6 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from konductor._primitives._parse import Where, corrupt
+from konductor._store._kinds import LEASE
+
 JSON = dict[str, Any]
 
 HOLDER = "holderIdentity"
@@ -38,6 +41,7 @@ DURATION = "leaseDurationSeconds"
 ACQUIRE_TIME = "acquireTime"
 RENEW_TIME = "renewTime"
 TRANSITIONS = "leaseTransitions"
+INT32_MAX = 2**31 - 1  # leaseTransitions is an int32 in coordination.k8s.io/v1
 
 #: client-go's ``ReleaseOnCancel`` writes this duration with an empty holder.
 RELEASED_DURATION = 1
@@ -144,6 +148,13 @@ def acquire(
         return Outcome(None)
     new = copy.deepcopy(dict(spec))
     token = rec.transitions + 1
+    if token > INT32_MAX:  # the API server would refuse the write, every time
+        raise corrupt(
+            Where(LEASE),
+            "spec.leaseTransitions",
+            f"is {rec.transitions}, the int32 maximum, so no new holder can get a larger "
+            "fencing token (reset whatever checks the tokens downstream too)",
+        )
     new.update(
         {
             HOLDER: identity,
