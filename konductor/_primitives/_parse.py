@@ -44,8 +44,8 @@ def repair_hint(where: Where, field: str) -> str:
         )
     return (
         "status is written only through the status subresource, which `kubectl edit` cannot "
-        f"change on every cluster version: delete the object with {delete}; current holders "
-        "lose their grants and the next caller recreates it"
+        f"change on every cluster version: delete the object with {delete}; its holders "
+        "and waiters lose their place and the next caller recreates it"
     )
 
 
