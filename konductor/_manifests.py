@@ -289,45 +289,106 @@ def crds() -> list[JSON]:
     return [crd(kind) for kind in CUSTOM_KINDS]
 
 
+#: Each verb the runtime Role grants, and what uses it (docs/rbac.md has the same table).
+RUNTIME_VERBS: dict[str, str] = {
+    "get": "read an object (Store.get): every primitive, before deciding",
+    "list": "the version to watch from when an object does not exist yet (Store.list)",
+    "watch": "wait for changes instead of polling (Store.watch)",
+    "create": "create a primitive's object on first use (Store.create)",
+    "update": "write state by compare-and-swap: status of konductor kinds, spec of a Lease",
+}
+
+#: What the optional admin Role adds, for people and the CLI's admin commands.
+ADMIN_VERBS: dict[str, str] = {
+    "update": "change a spec: `konductor semaphore set-permits` (as `kubectl edit` does)",
+    "delete": "delete or reset an object: `konductor semaphore delete`, `konductor delete`",
+}
+
+_LABELS = {"app.kubernetes.io/part-of": "konductor"}
+
+
+def _plurals() -> list[str]:
+    return [k.plural for k in CUSTOM_KINDS]
+
+
+def runtime_rules() -> list[JSON]:
+    """The runtime Role's rules: exactly the verbs konductor's primitives use."""
+    plurals = _plurals()
+    return [
+        {"apiGroups": [GROUP], "resources": plurals, "verbs": ["get", "list", "watch", "create"]},
+        {
+            "apiGroups": [GROUP],
+            "resources": [f"{p}/status" for p in plurals],
+            "verbs": ["update"],
+        },
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "list", "watch", "create", "update"],
+        },
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
+    ]
+
+
+def admin_rules() -> list[JSON]:
+    """The admin Role's rules: what the runtime Role lacks for admin commands."""
+    return [
+        {"apiGroups": [GROUP], "resources": _plurals(), "verbs": ["update", "delete"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["delete"]},
+    ]
+
+
 def rbac(namespace: str = "default", service_account: str = "konductor") -> list[JSON]:
-    """A namespaced Role with exactly what konductor uses, bound to a service account."""
-    verbs = ["get", "list", "watch", "create", "update", "patch", "delete"]
-    plurals = [k.plural for k in CUSTOM_KINDS]
-    labels = {"app.kubernetes.io/part-of": "konductor"}
+    """A namespaced Role with exactly what konductor uses, bound to a service account.
+
+    Three documents: the ServiceAccount, the Role ``konductor`` (see
+    :data:`RUNTIME_VERBS`) and its RoleBinding. Admin commands (delete, set
+    permits) need :func:`admin_rbac` as well.
+    """
     return [
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": {"name": service_account, "namespace": namespace, "labels": labels},
+            "metadata": {"name": service_account, "namespace": namespace, "labels": _LABELS},
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": {"name": "konductor", "namespace": namespace, "labels": labels},
-            "rules": [
-                {
-                    "apiGroups": [GROUP],
-                    "resources": plurals + [f"{p}/status" for p in plurals],
-                    "verbs": verbs,
-                },
-                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": verbs},
-                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
-            ],
+            "metadata": {"name": "konductor", "namespace": namespace, "labels": _LABELS},
+            "rules": runtime_rules(),
         },
+        _binding("konductor", namespace, service_account),
+    ]
+
+
+def admin_rbac(namespace: str = "default", service_account: str | None = None) -> list[JSON]:
+    """The optional Role ``konductor-admin`` (see :data:`ADMIN_VERBS`), for operators.
+
+    It adds to the runtime Role what admin commands need: ``update`` of a
+    spec and ``delete``. Bind it to people or to a maintenance job, not to
+    the application; with ``service_account`` a RoleBinding to it is included.
+    """
+    docs: list[JSON] = [
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": "konductor", "namespace": namespace, "labels": labels},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": "konductor",
-            },
-            "subjects": [
-                {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
-            ],
-        },
+            "kind": "Role",
+            "metadata": {"name": "konductor-admin", "namespace": namespace, "labels": _LABELS},
+            "rules": admin_rules(),
+        }
     ]
+    if service_account is not None:
+        docs.append(_binding("konductor-admin", namespace, service_account))
+    return docs
+
+
+def _binding(role: str, namespace: str, service_account: str) -> JSON:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": role, "namespace": namespace, "labels": _LABELS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
+    }
 
 
 def to_yaml(documents: list[JSON]) -> str:
