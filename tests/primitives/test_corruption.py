@@ -24,9 +24,19 @@ from typing import Any
 
 import pytest
 
-from konductor import Client, CorruptState, Invalid
+from konductor import Client, CorruptState, Invalid, SemaphoreLost
 from konductor._store import _local, _memory
-from konductor.store import BARRIER, GATE, MUTEX, ONCE, RWMUTEX, SEMAPHORE, WAITGROUP, Kind
+from konductor.store import (
+    BARRIER,
+    GATE,
+    LEASE,
+    MUTEX,
+    ONCE,
+    RWMUTEX,
+    SEMAPHORE,
+    WAITGROUP,
+    Kind,
+)
 from tests.store.conftest import Backend
 
 Clients = Callable[..., Client]
@@ -328,3 +338,40 @@ async def test_tokens_never_go_backwards(clients: Clients, backend: Backend) -> 
     assert permit.token > held
     await permit.release()
     await permits[1].release()
+
+
+async def test_a_lease_at_the_int32_maximum_raises_corrupt_state(
+    clients: Clients, backend: Backend
+) -> None:
+    """leaseTransitions is an int32: the next holder's token cannot be larger."""
+    await backend.store.create(
+        LEASE,
+        "leader",
+        {"holderIdentity": "", "leaseDurationSeconds": 1, "leaseTransitions": 2**31 - 1},
+    )
+    with pytest.raises(CorruptState) as caught:
+        await clients().try_acquire_lease("leader", ttl=5)
+    assert caught.value.field == "spec.leaseTransitions"
+    assert "int32" in str(caught.value)
+    # Repair: delete it; the next leader starts over.
+    await backend.store.delete(LEASE, "leader")
+    lease = await clients().try_acquire_lease("leader", ttl=5)
+    assert lease is not None
+    await lease.release()
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_a_holder_whose_object_stays_corrupt_loses_at_its_deadline(
+    clients: Clients, backend: Backend
+) -> None:
+    """Renewals keep failing with CorruptState; the holder gives up at its own deadline."""
+    client = clients()
+    permit = await client.acquire_semaphore("sem", permits=1, ttl=1.5)
+    good = await backend.store.get(SEMAPHORE, "sem")
+    bad = copy.deepcopy(good.status)
+    bad["holders"][0]["count"] = "one"
+    with _schema_bypassed():
+        await backend.store.replace_status(SEMAPHORE, "sem", bad, version=good.version)
+    await asyncio.wait_for(permit.lost.wait(), 10)
+    with pytest.raises(SemaphoreLost):
+        permit.ensure_held()
