@@ -20,3 +20,4 @@ MAX_PARTIES = 2000  # arrivals of one barrier, so spec.expected too
 MAX_TOKEN = 2**53 - 1  # fencing tokens and counters: exact in every JSON reader
 MAX_ERROR = 1024  # characters of a once-function's error kept in status
 MAX_OPS = 100  # recent operation ids a wait group keeps
+MAX_CONDITIONS = 100  # conditions of one gate

@@ -180,13 +180,17 @@ _SPEC_PROPERTIES: dict[str, tuple[JSON, list[str]]] = {
             "conditions": {
                 "type": "array",
                 "description": "Conditions that open the gate when all are met.",
-                "maxItems": 100,
+                "maxItems": limits.MAX_CONDITIONS,
                 "items": {
                     "type": "object",
                     "required": ["type", "name"],
                     "properties": {
                         "type": {"type": "string", "enum": ["Barrier", "Once", "Job"]},
-                        "name": {"type": "string", "minLength": 1, "maxLength": 253},
+                        "name": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": limits.MAX_IDENTITY,
+                        },
                     },
                 },
             }
