@@ -385,3 +385,28 @@ async def test_a_client_that_saw_corrupt_state_works_right_after_the_repair(
     assert permit.token > max(p.token for p in permits)
     await permit.release()
     await permits[1].release()
+
+
+@pytest.mark.parametrize("backend", ["memory", "local"], indirect=True)
+@pytest.mark.parametrize("permits", ["two", -5, None, 2.5])
+async def test_a_corrupt_spec_is_refused_with_the_kubectl_edit_hint(
+    clients: Clients, backend: Backend, permits: Any
+) -> None:
+    _a, held = await _held_status(clients)
+    obj = await backend.store.get(SEMAPHORE, "sem")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_memory, "validate_spec", lambda *a: None)
+        mp.setattr(_local, "validate_spec", lambda *a: None)
+        await backend.store.replace_spec(
+            SEMAPHORE, "sem", {"permits": permits}, version=obj.version
+        )
+    with pytest.raises(CorruptState) as caught:
+        await clients().acquire_semaphore("sem", timeout=2)
+    assert caught.value.field == "spec.permits"
+    assert "kubectl edit semaphores.konductor.io sem" in str(caught.value)
+    obj = await backend.store.get(SEMAPHORE, "sem")
+    await backend.store.replace_spec(SEMAPHORE, "sem", {"permits": 3}, version=obj.version)
+    async with clients().semaphore("sem", timeout=5) as permit:
+        assert permit.token > max(p.token for p in held)
+    for p in held:
+        await p.release()
