@@ -17,6 +17,7 @@ Decisions are taken on the HTTP status and the ``reason`` of the Kubernetes
     ├── WaitTimeout (TimeoutError)        a wait did not end in time
     │   └── AcquireTimeout                not granted in time; nothing left behind
     ├── OnceFailed                        the once-function failed on its runner
+    ├── CorruptState                      stored state does not parse; admits nobody
     ├── LostError                         a held grant was lost (not renewed in time)
     │   ├── SemaphoreLost
     │   ├── LeaseLost
@@ -41,6 +42,7 @@ __all__ = [
     "CRDNotInstalled",
     "ConfigurationError",
     "Conflict",
+    "CorruptState",
     "Expired",
     "Forbidden",
     "Invalid",
@@ -171,3 +173,23 @@ class MutexLost(LostError):
 
 class OnceLost(LostError):
     """A once-runner's claim was lost while its function ran; nothing was recorded."""
+
+
+class CorruptState(KonductorError):
+    """An object's stored state does not parse, so konductor refuses to act on it.
+
+    Anyone holding the Role, or ``kubectl edit``, can write an object's status;
+    a shape konductor does not understand is never read as free capacity: the
+    object admits nobody until it is repaired. ``kind``, ``name`` and
+    ``namespace`` name the object and ``field`` the offending path (such as
+    ``status.holders[0].count``). Not a :class:`StoreError`: the store call
+    succeeded and retrying it returns the same bytes; only a repair helps
+    (``kubectl edit`` the object, or delete it with ``konductor delete KIND NAME``).
+    """
+
+    def __init__(self, message: str, *, kind: str, name: str, namespace: str, field: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+        self.namespace = namespace
+        self.field = field

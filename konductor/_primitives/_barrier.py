@@ -16,11 +16,14 @@ import logging
 from dataclasses import dataclass
 
 from konductor._errors import AlreadyExists, InvalidArgument, NotFound, WaitTimeout
+from konductor._limits import MAX_PARTIES
 from konductor._names import validate_name
 from konductor._primitives import _barrier_state as state
+from konductor._primitives import _parse as parse
 from konductor._primitives import _validate as check
 from konductor._primitives._clock import micro_time
 from konductor._primitives._hub import Hub, entries_of
+from konductor._primitives._parse import Where
 from konductor._primitives._runtime import HasRuntime, Runtime
 from konductor._primitives._waiting import deadline_of, update_fresh, watch_until
 from konductor._store._base import JSON, StoredObject
@@ -52,10 +55,16 @@ class BarrierInfo:
         return 0 if self.open else max(0, self.expected - self.arrived_count)
 
 
-def expected_of(obj: StoredObject) -> int:
-    """``spec.expected`` as the cluster has it (the CRD guarantees an integer >= 1)."""
-    value = obj.spec.get("expected", 1)
-    return value if isinstance(value, int) and value >= 1 else 1
+def expected_of(obj: StoredObject, where: Where | None = None) -> int:
+    """``spec.expected`` as the cluster has it.
+
+    Raises:
+        CorruptState: missing or not an integer in range (the CRD refuses that;
+            reading it as 1 would open the barrier early).
+    """
+    where = where or Where(BARRIER, obj.name)
+    value = parse.required(where, "spec", obj.spec, "expected")
+    return parse.integer(where, "spec.expected", value, minimum=1, maximum=MAX_PARTIES)
 
 
 def info_of(name: str, obj: StoredObject) -> BarrierInfo:
@@ -82,6 +91,7 @@ class _Barrier:
         self.name = name
         self.expected = expected
         self.hub = barrier_hub(rt, name)
+        self.where = Where(BARRIER, name, rt.store.namespace)
 
     def _wall(self) -> str:
         return micro_time(self.rt.clock.wall())
@@ -102,7 +112,7 @@ class _Barrier:
                 obj = await self.hub.refresh()
                 if obj is None:  # deleted again in between
                     return await self.ensure()
-        cluster_expected = expected_of(obj)
+        cluster_expected = expected_of(obj, self.where)
         if self.expected is not None and cluster_expected != self.expected:
             log.warning(
                 "barrier %r expects %d parties in the cluster, not %d as requested; the "
@@ -116,7 +126,9 @@ class _Barrier:
 
     async def arrive(self, party: str) -> BarrierInfo:
         def decide(obj: StoredObject) -> tuple[JSON | None, None]:
-            return state.arrive(obj.status, expected_of(obj), party, self._wall()).status, None
+            return state.arrive(
+                obj.status, expected_of(obj, self.where), party, self._wall(), where=self.where
+            ).status, None
 
         while True:
             await self.ensure()
@@ -127,7 +139,9 @@ class _Barrier:
             return info_of(self.name, obj)
 
     def _settle(self, obj: StoredObject) -> tuple[JSON | None, None]:
-        return state.settle(obj.status, expected_of(obj), self._wall()), None
+        return state.settle(
+            obj.status, expected_of(obj, self.where), self._wall(), where=self.where
+        ), None
 
     async def wait(self, deadline: float | None, timeout: float | None) -> BarrierInfo:
         """Wait until the barrier is open, or monotonic ``deadline``; it may not exist yet.
@@ -142,7 +156,12 @@ class _Barrier:
                 return None
             if state.is_open(obj.status):
                 return info_of(self.name, obj)
-            if state.settle(obj.status, expected_of(obj), self._wall()) is not None:
+            if (
+                state.settle(
+                    obj.status, expected_of(obj, self.where), self._wall(), where=self.where
+                )
+                is not None
+            ):
                 # spec.expected was lowered below the arrivals: open it.
                 with contextlib.suppress(NotFound):
                     await self.hub.update(self._settle)
@@ -192,7 +211,7 @@ def _party(rt: Runtime, party: object) -> str:
 def _make(rt: Runtime, name: str, expected: object) -> _Barrier:
     validate_name(name)
     if expected is not None:
-        check.positive_int(expected, "expected")
+        check.positive_int(expected, "expected", maximum=MAX_PARTIES)
     assert expected is None or isinstance(expected, int)
     return _Barrier(rt, name, expected)
 

@@ -26,6 +26,7 @@ from konductor._primitives._barrier import barrier_hub
 from konductor._primitives._clock import micro_time
 from konductor._primitives._gate_state import GateCondition
 from konductor._primitives._hub import Hub, entries_of
+from konductor._primitives._parse import Where
 from konductor._primitives._runtime import HasRuntime, Runtime
 from konductor._primitives._waiting import deadline_of, expired, update_fresh, wait_any
 from konductor._store._base import JSON, StoredObject
@@ -87,6 +88,7 @@ class _Gate:
         self.rt = rt
         self.name = name
         self.hub = rt.hub(GATE, name, _NO_ENTRIES)
+        self.where = Where(GATE, name, rt.store.namespace)
 
     async def ensure(self, conditions: tuple[GateCondition, ...] | None) -> StoredObject:
         """The gate's object, created closed (with ``conditions``) if it does not exist."""
@@ -105,7 +107,7 @@ class _Gate:
                 _, obj = await self.hub.update(lambda o: (state.initial(o.status), None))
             except NotFound:
                 return await self.ensure(conditions)
-        cluster = state.conditions_of(obj.spec)
+        cluster = state.parse_spec(obj.spec, self.where)
         if conditions is not None and sorted(cluster) != sorted(conditions):
             log.warning(
                 "gate %r has conditions [%s] in the cluster, not [%s] as requested; the "
@@ -132,7 +134,7 @@ class _Gate:
 
     def _info(self, gate: StoredObject | None, hubs: dict[GateCondition, Hub]) -> GateInfo:
         status = gate.status if gate is not None else {}
-        conds = state.conditions_of(gate.spec) if gate is not None else ()
+        conds = state.parse_spec(gate.spec, self.where) if gate is not None else ()
         states = []
         for cond in conds:
             obj = hubs[cond].obj
@@ -158,7 +160,7 @@ class _Gate:
                 f"gate {self.name!r} does not exist in namespace {self.rt.store.namespace!r}"
             )
         hubs: dict[GateCondition, Hub] = {}
-        for cond in state.conditions_of(gate.spec):
+        for cond in state.parse_spec(gate.spec, self.where):
             hubs[cond] = _condition_hub(self.rt, cond)
             await hubs[cond].refresh()
         return self._info(gate, hubs)
@@ -177,7 +179,7 @@ class _Gate:
             watched.append(self.hub)
             while True:
                 gate = self.hub.obj
-                conds = state.conditions_of(gate.spec) if gate is not None else ()
+                conds = state.parse_spec(gate.spec, self.where) if gate is not None else ()
                 new = [c for c in conds if c not in hubs]
                 for cond in new:  # a condition seen for the first time: read, then watch
                     hubs[cond] = hub = _condition_hub(self.rt, cond)

@@ -23,12 +23,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from konductor import _limits as limits
 from konductor._errors import InvalidArgument
 from konductor._names import validate_name
+from konductor._primitives import _parse as p
+from konductor._primitives._parse import Where
+from konductor._store._kinds import GATE
 
 JSON = dict[str, Any]
 
 TYPES = ("Barrier", "Once", "Job")
+MAX_CONDITIONS = limits.MAX_CONDITIONS
 _BY_LOWER = {t.lower(): t for t in TYPES}
 
 
@@ -112,11 +117,41 @@ def parse_conditions(value: object) -> tuple[GateCondition, ...]:
         cond = _one(item)
         if cond not in out:
             out.append(cond)
+    if len(out) > MAX_CONDITIONS:
+        raise InvalidArgument(f"conditions: at most {MAX_CONDITIONS} per gate, got {len(out)}")
+    return tuple(out)
+
+
+def parse_spec(spec: Mapping[str, Any], where: Where | None = None) -> tuple[GateCondition, ...]:
+    """The conditions a gate's spec declares, for deciding whether it is open.
+
+    Raises:
+        CorruptState: ``spec.conditions`` is not a list of ``{type, name}``
+            (skipping a condition that does not parse would open the gate early).
+    """
+    where = where or Where(GATE)
+    raw = p.array(where, "spec.conditions", spec.get("conditions"), max_items=MAX_CONDITIONS)
+    out: list[GateCondition] = []
+    for i, item in enumerate(raw):
+        field = f"spec.conditions[{i}]"
+        entry = p.mapping(where, field, item)
+        type_ = p.choice(where, f"{field}.type", p.required(where, field, entry, "type"), TYPES)
+        name = p.string(
+            where,
+            f"{field}.name",
+            p.required(where, field, entry, "name"),
+            min_length=1,
+            max_length=limits.MAX_IDENTITY,
+        )
+        cond = GateCondition(type_, name)
+        if cond not in out:
+            out.append(cond)
     return tuple(out)
 
 
 def conditions_of(spec: Mapping[str, Any]) -> tuple[GateCondition, ...]:
-    """The conditions a gate's spec declares (entries the CRD would reject are skipped)."""
+    """The conditions a gate's spec declares, for display (entries that do not parse are
+    skipped; :func:`parse_spec` refuses them instead)."""
     raw = spec.get("conditions")
     if not isinstance(raw, list):
         return ()

@@ -28,7 +28,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from konductor._backoff import Backoff
-from konductor._errors import Conflict, KonductorError, NotFound, StoreUnavailable
+from konductor._errors import (
+    Conflict,
+    CorruptState,
+    KonductorError,
+    NotFound,
+    StoreUnavailable,
+)
 from konductor._primitives._clock import Clock
 from konductor._primitives._expiry import ExpiryTracker
 from konductor._store._base import JSON, Store, StoredObject, version_newer
@@ -225,6 +231,7 @@ class Hub:
                 f"{self.kind} {self.name!r}: the write's deadline passed before it could be sent"
             )
         obj = await self.current()
+        reread = False
         write = self.store.replace_status if self.kind.has_status else self.store.replace_spec
         while True:
             if obj is None:
@@ -232,18 +239,27 @@ class Hub:
             view = obj
             results: list[Any] = []
             changed: list[_Pending] = []
-            for item in batch:
-                new, result = item.decide(view)
-                results.append(result)
-                if new is not None:
-                    changed.append(item)
-                    # Kinds with a status subresource keep their state in status;
-                    # a Lease keeps it in spec.
-                    view = (
-                        dataclasses.replace(view, status=new)
-                        if self.kind.has_status
-                        else dataclasses.replace(view, spec=new)
-                    )
+            try:
+                for item in batch:
+                    new, result = item.decide(view)
+                    results.append(result)
+                    if new is not None:
+                        changed.append(item)
+                        # Kinds with a status subresource keep their state in status;
+                        # a Lease keeps it in spec.
+                        view = (
+                            dataclasses.replace(view, status=new)
+                            if self.kind.has_status
+                            else dataclasses.replace(view, spec=new)
+                        )
+            except CorruptState:
+                if reread:
+                    raise
+                # The cached object may predate a repair, and no watch may be open
+                # to bring it up to date: decide once more on a fresh read.
+                reread = True
+                obj = await self.refresh(timeout=max(0.001, remaining()))
+                continue
             if not changed:
                 for item, result in zip(batch, results, strict=True):
                     item.future.set_result((result, obj))

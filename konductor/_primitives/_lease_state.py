@@ -14,8 +14,9 @@ for the same Lease:
     MicroTime strings (exactly six fractional digits), for people and for
     client-go; never used to decide expiry
 ``leaseTransitions``
-    incremented whenever the holder changes: the fencing token (an int32, see
-    :func:`next_transitions` for what happens at its maximum)
+    incremented whenever the holder changes: the fencing token (an int32: at its
+    maximum no new holder can get a larger token, and :func:`acquire` raises
+    ``CorruptState`` rather than hand out a token that goes backwards)
 ``preferredHolder`` (Kubernetes 1.31+)
     when it names another identity, the holder yields (:func:`yields_to`) and
     candidates other than the named one do not take the lease
@@ -34,6 +35,9 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from konductor._primitives._parse import Where, corrupt
+from konductor._store._kinds import LEASE
 
 JSON = dict[str, Any]
 
@@ -91,22 +95,6 @@ def parse(spec: Mapping[str, Any]) -> Record:
         transitions=min(MAX_TRANSITIONS, max(0, _int(spec.get(TRANSITIONS)) or 0)),
         preferred=preferred if isinstance(preferred, str) and preferred else None,
     )
-
-
-def next_transitions(transitions: int) -> int:
-    """The ``leaseTransitions`` of the next take-over: one more, or 0 after the int32 maximum.
-
-    The API stores an int32; client-go computes ``old + 1`` and converts it
-    to int32, writing -2147483648, which the API server refuses, so a Lease at
-    the maximum could never be taken again. konductor wraps to 0 instead, the
-    token a newly created Lease starts with: the Lease stays usable, and the
-    fencing token restarts exactly as it would if the Lease were deleted and
-    created again. Tokens are monotonic between wraps; a wrap needs 2**31
-    holder changes (68 years at one per second), so in practice it means that
-    someone wrote the maximum by hand, after which earlier tokens carried no
-    order anyway.
-    """
-    return transitions + 1 if transitions < MAX_TRANSITIONS else 0
 
 
 def holder_entries(spec: Mapping[str, Any]) -> list[JSON]:
@@ -176,7 +164,14 @@ def acquire(
     if rec.preferred is not None and rec.preferred != identity:
         return Outcome(None)
     new = copy.deepcopy(dict(spec))
-    token = next_transitions(rec.transitions)
+    token = rec.transitions + 1
+    if token > MAX_TRANSITIONS:  # the API server would refuse the write, every time
+        raise corrupt(
+            Where(LEASE),
+            "spec.leaseTransitions",
+            f"is {rec.transitions}, the int32 maximum, so no new holder can get a larger "
+            "fencing token (reset whatever checks the tokens downstream too)",
+        )
     new.update(
         {
             HOLDER: identity,

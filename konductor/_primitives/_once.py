@@ -37,6 +37,7 @@ from konductor._primitives import _validate as check
 from konductor._primitives._clock import micro_time
 from konductor._primitives._grant import in_background
 from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
+from konductor._primitives._parse import Where
 from konductor._primitives._renewal import NEVER, Entry
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
 from konductor._store._base import JSON, StoredObject
@@ -109,6 +110,7 @@ class _Once:
         self.name = name
         self.ttl = ttl
         self.hub: Hub = rt.hub(ONCE, name, _run_entries)
+        self.where = Where(ONCE, name, rt.store.namespace)
 
     async def ensure(self) -> StoredObject:
         """The Once object read fresh, created (empty spec) if it does not exist."""
@@ -135,7 +137,9 @@ class _Once:
         def decide(obj: StoredObject) -> tuple[JSON | None, state.Outcome]:
             stale = self.hub.stale(obj)
             stale.discard(claim.id)
-            outcome = state.begin(obj.status, claim, stale, micro_time(clock.wall()), joined)
+            outcome = state.begin(
+                obj.status, claim, stale, micro_time(clock.wall()), joined, where=self.where
+            )
             return outcome.status, outcome
 
         watching = False
@@ -211,7 +215,7 @@ class _Once:
 
     def _entry(self, claim_id: str) -> Entry:
         def renew(status: JSON, ids: set[str], wall: str) -> tuple[JSON | None, set[str]]:
-            outcome, missing = state.renew(status, ids, wall)
+            outcome, missing = state.renew(status, ids, wall, where=self.where)
             return outcome.status, missing
 
         return Entry(
@@ -292,6 +296,7 @@ class _Once:
                 micro_time(clock.wall()),
                 error,
                 lost=entry.lost_reason is not None,
+                where=self.where,
             )
             return outcome.status, outcome.verdict
 
@@ -315,7 +320,7 @@ class _Once:
 
     async def _abandon(self, claim_id: str, deadline: float | None = None) -> None:
         def decide(obj: StoredObject) -> tuple[JSON | None, None]:
-            return state.abandon(obj.status, claim_id).status, None
+            return state.abandon(obj.status, claim_id, where=self.where).status, None
 
         with contextlib.suppress(NotFound):
             await self.hub.update(decide, deadline=deadline)
@@ -332,7 +337,7 @@ class _Once:
         def decide(obj: StoredObject) -> tuple[JSON | None, state.Outcome]:
             nonlocal before
             before = obj.status
-            outcome = state.reset(obj.status, self.hub.stale(obj), force)
+            outcome = state.reset(obj.status, self.hub.stale(obj), force, where=self.where)
             return outcome.status, outcome
 
         await self.hub.refresh()
@@ -391,8 +396,7 @@ class OnceMethods(HasRuntime):
                 another caller will run it.
             Exception: (to the runner) whatever ``fn`` raised.
         """
-        if not callable(fn):
-            raise InvalidArgument(f"once: fn must be an async callable, got {fn!r}")
+        check.async_callable(fn, "once: fn")
         once = make(self._rt, name, ttl)
         return await once.once(fn, check.timeout(timeout))
 

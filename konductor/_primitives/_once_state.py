@@ -37,6 +37,12 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from konductor import _limits as limits
+from konductor._errors import CorruptState
+from konductor._primitives import _parse as p
+from konductor._primitives._parse import Where
+from konductor._store._kinds import ONCE
+
 JSON = dict[str, Any]
 
 PENDING = "Pending"
@@ -57,7 +63,7 @@ REVOKED = "revoked"  # the claim is no longer in the status (taken over, reset)
 # Fields describing the current or last run; cleared whenever the state changes.
 _RUN_KEYS = ("run", "runner", "error", "startedAt", "doneAt", "failedAt")
 
-MAX_ERROR = 1024  # characters of repr(exception) kept in status.error
+MAX_ERROR = limits.MAX_ERROR  # characters of repr(exception) kept in status.error
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,66 @@ class Outcome:
     attempt: int = 0
 
 
+def validate(status: Mapping[str, Any], where: Where | None = None) -> None:
+    """Check the fields the transitions read; called first by each of them.
+
+    Raises:
+        CorruptState: ``state``, ``attempt`` or the ``run`` claim does not parse.
+    """
+    where = where or Where(ONCE)
+    if "state" in status:
+        p.choice(where, "status.state", status["state"], (PENDING, RUNNING, DONE, FAILED))
+    if "attempt" in status:
+        p.integer(where, "status.attempt", status["attempt"], minimum=0, maximum=limits.MAX_TOKEN)
+    raw = status.get("run")
+    if raw is None:
+        return
+    run = p.mapping(where, "status.run", raw)
+    field = "status.run"
+    p.string(
+        where,
+        f"{field}.id",
+        p.required(where, field, run, "id"),
+        min_length=1,
+        max_length=limits.MAX_ID,
+    )
+    p.string(
+        where,
+        f"{field}.holder",
+        p.required(where, field, run, "holder"),
+        max_length=limits.MAX_IDENTITY,
+    )
+    p.integer(
+        where,
+        f"{field}.attempt",
+        p.required(where, field, run, "attempt"),
+        minimum=1,
+        maximum=limits.MAX_TOKEN,
+    )
+    p.number(
+        where,
+        f"{field}.ttlSeconds",
+        p.required(where, field, run, "ttlSeconds"),
+        above=0,
+        maximum=limits.MAX_TTL,
+    )
+    p.integer(
+        where,
+        f"{field}.renewals",
+        p.required(where, field, run, "renewals"),
+        minimum=0,
+        maximum=limits.MAX_TOKEN,
+    )
+
+
+def _valid(status: Mapping[str, Any]) -> bool:
+    try:
+        validate(status)
+    except CorruptState:
+        return False
+    return True
+
+
 def state_of(status: Mapping[str, Any]) -> str:
     """The recorded state; absent or unknown values read as Pending."""
     value = status.get("state")
@@ -90,14 +156,22 @@ def state_of(status: Mapping[str, Any]) -> str:
 
 
 def attempt_of(status: Mapping[str, Any]) -> int:
+    """The last attempt (fencing token): never lower than the live claim's."""
     value = status.get("attempt", 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    attempt = value if isinstance(value, int) and not isinstance(value, bool) else 0
+    run = status.get("run")
+    claimed = run.get("attempt") if isinstance(run, dict) else None
+    if isinstance(claimed, int) and not isinstance(claimed, bool):
+        attempt = max(attempt, claimed)
+    return max(attempt, 0)
 
 
 def run_of(status: Mapping[str, Any]) -> JSON | None:
-    """The runner's claim entry, if the status holds one."""
+    """The runner's claim entry, if the status holds one that parses."""
     value = status.get("run")
-    return dict(value) if isinstance(value, dict) and "id" in value else None
+    if not isinstance(value, dict) or not _valid({"run": value}):
+        return None
+    return dict(value)
 
 
 def truncate_error(text: str, limit: int = MAX_ERROR) -> str:
@@ -124,6 +198,8 @@ def begin(
     stale: Collection[str],
     wall: str,
     joined: int | None,
+    *,
+    where: Where | None = None,
 ) -> Outcome:
     """Decide what a caller of ``once`` does: run, wait, or report the outcome.
 
@@ -133,6 +209,7 @@ def begin(
     retries. A Running claim in ``stale`` (its runner stopped renewing) or a
     Running state without a claim is taken over.
     """
+    validate(status, where)
     current = state_of(status)
     attempt = attempt_of(status)
     if current == DONE:
@@ -160,12 +237,15 @@ def begin(
     return Outcome(new, RUN, token)
 
 
-def renew(status: Mapping[str, Any], ids: Collection[str], wall: str) -> tuple[Outcome, set[str]]:
+def renew(
+    status: Mapping[str, Any], ids: Collection[str], wall: str, *, where: Where | None = None
+) -> tuple[Outcome, set[str]]:
     """Bump the renewal counter of the claim if its id is in ``ids``.
 
     Returns the outcome and the ids that are not (or no longer) the live
     claim: their owners must treat their run as lost.
     """
+    validate(status, where)
     run = run_of(status)
     if state_of(status) != RUNNING or run is None or run["id"] not in ids:
         return Outcome(None, WAIT, attempt_of(status)), set(ids)
@@ -189,6 +269,8 @@ def complete(
     wall: str,
     error: str | None,
     lost: bool,
+    *,
+    where: Where | None = None,
 ) -> Outcome:
     """Record the end of the run of ``claim_id``: Done (``error`` None) or Failed.
 
@@ -197,6 +279,7 @@ def complete(
     crashed, and the verdict is ``LOST``). A write repeated after a lost
     response finds its own record and changes nothing.
     """
+    validate(status, where)
     wanted = DONE if error is None else FAILED
     if state_of(status) == wanted and attempt_of(status) == attempt:
         return Outcome(None, RECORDED, attempt)
@@ -216,23 +299,27 @@ def complete(
     return Outcome(new, RECORDED, attempt)
 
 
-def abandon(status: Mapping[str, Any], claim_id: str) -> Outcome:
+def abandon(status: Mapping[str, Any], claim_id: str, *, where: Where | None = None) -> Outcome:
     """Release the claim ``claim_id`` back to Pending (its run was cancelled).
 
     Nothing changes if it is not the live claim.
     """
+    validate(status, where)
     if not _owns(status, claim_id):
         return Outcome(None, REVOKED, attempt_of(status))
     return Outcome(_base(status, PENDING, attempt_of(status)), PENDING, attempt_of(status))
 
 
-def reset(status: Mapping[str, Any], stale: Collection[str], force: bool) -> Outcome:
+def reset(
+    status: Mapping[str, Any], stale: Collection[str], force: bool, *, where: Where | None = None
+) -> Outcome:
     """Back to Pending (keeping ``attempt``) so the next caller runs it again.
 
     A live claim (Running, not stale) is revoked only with ``force``;
     otherwise the verdict is ``RUNNING`` and nothing changes. The verdict is
     the state before the reset.
     """
+    validate(status, where)
     current = state_of(status)
     run = run_of(status)
     if current == RUNNING and run is not None and run["id"] not in stale and not force:

@@ -22,13 +22,14 @@ from konductor._errors import AcquireTimeout, AlreadyExists, NotFound, StoreUnav
 from konductor._primitives import _queue_state as state
 from konductor._primitives._clock import micro_time
 from konductor._primitives._grant import Grant
-from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends, entries_of
+from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
+from konductor._primitives._parse import Where
 from konductor._primitives._renewal import NEVER, Entry
 from konductor._primitives._runtime import Runtime
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import Kind
 
-ENTRIES = entries_of("holders", "queue")
+ENTRIES = state.tracked_entries  # parsed entries only: a corrupt one is never tracked
 G = TypeVar("G", bound=Grant)
 log = logging.getLogger("konductor")
 
@@ -74,6 +75,7 @@ class Queued(Generic[G]):
         self.check = check
         self.noun = noun or kind.kind.lower()
         self.hub: Hub = rt.hub(kind, name, ENTRIES)
+        self.where = Where(kind, name, rt.store.namespace)
 
     async def ensure(self) -> StoredObject:
         """The object, created with ``create_spec`` if it does not exist."""
@@ -101,7 +103,14 @@ class Queued(Generic[G]):
             stale.discard(req.id)
             wall = micro_time(self.rt.clock.wall())
             out = state.acquire(
-                obj.status, obj.spec, req, stale, wall, self.policy, enqueue=enqueue
+                obj.status,
+                obj.spec,
+                req,
+                stale,
+                wall,
+                self.policy,
+                enqueue=enqueue,
+                where=self.where,
             )
             return out.status, out.granted
 
@@ -109,7 +118,7 @@ class Queued(Generic[G]):
 
     def _entry(self, req_id: str) -> Entry:
         def renew(status: JSON, ids: set[str], wall: str) -> tuple[JSON | None, set[str]]:
-            outcome, missing = state.renew(status, ids, wall, self.policy)
+            outcome, missing = state.renew(status, ids, wall, self.policy, where=self.where)
             return outcome.status, missing
 
         return Entry(
@@ -236,7 +245,7 @@ class Queued(Generic[G]):
                 wake = min(
                     (
                         self.hub.tracker.expires_at(e)
-                        for e in state.blocking_entries(obj.status, req.id)
+                        for e in state.blocking_entries(obj.status, req.id, where=self.where)
                     ),
                     default=float("inf"),
                 )
@@ -267,7 +276,10 @@ class Queued(Generic[G]):
     async def _remove(self, req_id: str, deadline: float | None = None) -> None:
         def decide(obj: StoredObject) -> tuple[JSON | None, None]:
             stale = self.hub.stale(obj)
-            return state.release(obj.status, obj.spec, {req_id}, stale, self.policy).status, None
+            out = state.release(
+                obj.status, obj.spec, {req_id}, stale, self.policy, where=self.where
+            )
+            return out.status, None
 
         with contextlib.suppress(NotFound):
             await self.hub.update(decide, deadline=deadline)

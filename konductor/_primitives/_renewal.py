@@ -172,6 +172,8 @@ class Renewer:
             self._task = None
 
     def _expire(self, now: float) -> None:
+        # Lost some other way (taken away, or yielded): nothing left to renew.
+        self._entries -= {e for e in self._entries if e.lost_reason is not None}
         for entry in [e for e in self._entries if now >= e.deadline]:
             entry.mark_lost(
                 f"not renewed within its TTL of {entry.ttl:g}s (its own deadline, "
@@ -244,7 +246,10 @@ class Renewer:
         now = self._clock.monotonic()
         for e in entries:
             if e.lost_reason is not None or e not in self._entries:
-                continue  # lost at its deadline meanwhile, or released: a late answer
+                # Lost meanwhile (at its deadline, or otherwise), or released: a
+                # late answer changes nothing.
+                self._entries.discard(e)
+                continue
             if e.id in missing:
                 e.mark_lost(
                     f"its entry was removed from {hub.kind} {hub.name!r} "

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 
 from konductor._errors import InvalidArgument, SemaphoreLost
+from konductor._limits import MAX_PERMITS
 from konductor._names import validate_name
 from konductor._primitives import _queue_state as state
 from konductor._primitives import _validate as check
 from konductor._primitives._grant import Grant, Guarded
+from konductor._primitives._parse import Where
 from konductor._primitives._queued import Queued
 from konductor._primitives._renewal import Entry
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
@@ -48,13 +50,14 @@ def make(rt: Runtime, name: str, permits: int | None, count: int, ttl: object) -
     """A semaphore acquisition site, after checking every argument (no API call)."""
     validate_name(name)
     if permits is not None:
-        check.positive_int(permits, "permits")
-    check.positive_int(count, "count")
+        check.positive_int(permits, "permits", maximum=MAX_PERMITS)
+    check.positive_int(count, "count", maximum=MAX_PERMITS)
+    obj_namespace = rt.store.namespace
     if permits is not None and count > permits:
         raise InvalidArgument(f"count={count} is more than permits={permits}")
 
     def check_spec(obj: StoredObject) -> None:
-        cluster_permits = int(obj.spec.get("permits", 0))
+        cluster_permits = state.permits_of(obj.spec, Where(SEMAPHORE, name, obj_namespace))
         if permits is not None and cluster_permits != permits:
             log.warning(
                 "semaphore %r has permits=%d in the cluster, not %d as requested; the cluster "

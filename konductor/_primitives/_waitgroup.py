@@ -22,6 +22,7 @@ from konductor._names import validate_name
 from konductor._primitives import _validate as check
 from konductor._primitives import _waitgroup_state as state
 from konductor._primitives._hub import entries_of
+from konductor._primitives._parse import Where
 from konductor._primitives._runtime import HasRuntime, Runtime
 from konductor._primitives._waiting import deadline_of, update_fresh, watch_until
 from konductor._store._base import JSON, StoredObject
@@ -53,6 +54,7 @@ class _WaitGroup:
         self.rt = rt
         self.name = name
         self.hub = rt.hub(WAITGROUP, name, _NO_ENTRIES)
+        self.where = Where(WAITGROUP, name, rt.store.namespace)
 
     async def add(self, delta: int) -> int:
         """Add ``delta`` and return the new count.
@@ -64,7 +66,7 @@ class _WaitGroup:
         op_id = uuid.uuid4().hex[:16]
 
         def decide(obj: StoredObject) -> tuple[JSON | None, state.Outcome]:
-            outcome = state.add(obj.status, delta, op_id)
+            outcome = state.add(obj.status, delta, op_id, where=self.where)
             return outcome.status, outcome
 
         while True:
@@ -102,7 +104,7 @@ class _WaitGroup:
         start = state.drains_of(obj.status) if obj is not None else 0
 
         async def check(obj: StoredObject | None) -> WaitGroupInfo | None:
-            if obj is not None and state.drained_since(obj.status, start):
+            if obj is not None and state.drained_since(obj.status, start, where=self.where):
                 return _info(self.name, obj)
             return None
 

@@ -24,9 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from konductor import _limits as limits
+from konductor._primitives import _parse as p
+from konductor._primitives._parse import Where
+from konductor._store._kinds import WAITGROUP
+
 JSON = dict[str, Any]
 
-MAX_OPS = 100
+MAX_OPS = limits.MAX_OPS
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,22 @@ class Outcome:
     status: JSON | None
     count: int
     rejected: bool = False
+
+
+def validate(status: Mapping[str, Any], where: Where | None = None) -> None:
+    """Check ``count``, ``drains`` and ``ops``; the transitions call it first.
+
+    Raises:
+        CorruptState: a negative or non-integer count or drains, or ops not a list
+            of ids. Reading such a count as 0 or absent would let waiters pass.
+    """
+    where = where or Where(WAITGROUP)
+    for key in ("count", "drains"):
+        if key in status:
+            p.integer(where, f"status.{key}", status[key], minimum=0, maximum=limits.MAX_TOKEN)
+    ops = p.array(where, "status.ops", status.get("ops"), max_items=MAX_OPS)
+    for i, op in enumerate(ops):
+        p.string(where, f"status.ops[{i}]", op, max_length=limits.MAX_ID)
 
 
 def count_of(status: Mapping[str, Any]) -> int | None:
@@ -58,12 +79,18 @@ def _ops(status: Mapping[str, Any]) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def add(status: Mapping[str, Any], delta: int, op_id: str) -> Outcome:
+def add(
+    status: Mapping[str, Any], delta: int, op_id: str, *, where: Where | None = None
+) -> Outcome:
     """Add ``delta`` (negative for done) to the count, once per ``op_id``.
 
     Rejected without a write if the count would go below zero. An add of 0
     writes only to record a count of 0 on a group that has none yet.
+
+    Raises:
+        CorruptState: the status does not parse (see :func:`validate`).
     """
+    validate(status, where)
     current = count_of(status)
     count = current or 0
     ops = _ops(status)
@@ -81,9 +108,15 @@ def add(status: Mapping[str, Any], delta: int, op_id: str) -> Outcome:
     return Outcome(new, new_count)
 
 
-def drained_since(status: Mapping[str, Any], drains_at_start: int) -> bool:
+def drained_since(
+    status: Mapping[str, Any], drains_at_start: int, *, where: Where | None = None
+) -> bool:
     """Whether a waiter that started at ``drains_at_start`` may return.
 
     It may when the count is zero now, or has been zero since it started.
+
+    Raises:
+        CorruptState: the status does not parse (see :func:`validate`).
     """
+    validate(status, where)
     return count_of(status) == 0 or drains_of(status) > drains_at_start

@@ -79,7 +79,7 @@ from konductor._errors import (
 from konductor._names import validate_name, validate_namespace
 from konductor._store._base import EventType, ObjectList, Store, StoredObject, WatchEvent
 from konductor._store._kinds import Kind
-from konductor._store._schema import validate_spec
+from konductor._store._schema import validate_spec, validate_status
 from konductor._store._watch import Bookmark, RawEvent
 
 log = logging.getLogger("konductor.store")
@@ -492,6 +492,8 @@ class LocalStore(Store):
             self._check_version(current, version)
             if spec is not None:
                 validate_spec(kind, name, json.loads(spec))
+            if status is not None:
+                validate_status(kind, name, json.loads(status))
             spec_text = spec if spec is not None else json.dumps(current.spec)
             status_text = status if status is not None else json.dumps(current.status)
             revision = self._bump(conn)

@@ -29,7 +29,7 @@ from konductor._store._base import (
     copy_json,
 )
 from konductor._store._kinds import Kind
-from konductor._store._schema import validate_spec
+from konductor._store._schema import validate_spec, validate_status
 from konductor._store._watch import RawEvent
 
 
@@ -129,6 +129,7 @@ class MemoryStore(Store):
         await self._round_trip()
         current = self._existing(kind, name)
         self._check_version(current, version)
+        validate_status(kind, name, status)
         return await self._replace(current, status=copy_json(status))
 
     async def replace_spec(

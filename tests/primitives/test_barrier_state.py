@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from konductor import CorruptState
 from konductor._primitives import _barrier_state as state
 
 W1, W2 = "2026-01-01T00:00:01.000000Z", "2026-01-01T00:00:02.000000Z"
@@ -85,11 +86,22 @@ def test_settle_opens_a_barrier_whose_expected_was_lowered() -> None:
     assert again["open"] is True
 
 
-def test_malformed_entries_are_ignored_and_input_is_not_mutated() -> None:
-    status = {"arrived": [{"identity": "a"}, "junk", {"no": "identity"}], "extra": 1}
-    before = repr(status)
-    new = apply(status, 5, "b")
-    assert repr(status) == before
+def test_malformed_entries_are_refused_and_input_is_not_mutated() -> None:
+    """An arrival that does not parse is not skipped (the barrier would open late or,
+    with a garbage ``expected``, early): the barrier is refused with CorruptState."""
+    for arrived, field in [
+        ([{"identity": "a"}, "junk"], "status.arrived[1]"),
+        ([{"identity": "a"}, {"no": "identity"}], "status.arrived[1].identity"),
+        ([{"identity": "a"}, {"identity": "a"}], "status.arrived[1].identity"),
+        ("junk", "status.arrived"),
+    ]:
+        status = {"arrived": arrived, "extra": 1}
+        before = repr(status)
+        with pytest.raises(CorruptState) as caught:
+            apply(status, 5, "b")
+        assert caught.value.field == field
+        assert repr(status) == before
+    new = apply({"arrived": [{"identity": "a"}], "extra": 1}, 5, "b")
     assert state.identities(new) == ["a", "b"]
     assert new["extra"] == 1
-    assert state.identities({"arrived": "junk"}) == []
+    assert state.identities({"arrived": "junk"}) == []  # for display only: lenient

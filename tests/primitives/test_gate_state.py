@@ -148,3 +148,24 @@ def test_initial_status_is_closed_once() -> None:
     assert state.initial({}) == {"open": False}
     assert state.initial({"open": True}) is None
     assert state.initial({"open": False}) is None
+
+
+@pytest.mark.parametrize(
+    ("conditions", "field"),
+    [
+        ("all", "spec.conditions"),
+        ([{"type": "Barrier", "name": "b"}, {"type": 5, "name": "x"}], "spec.conditions[1].type"),
+        ([{"type": "Barrier", "name": "b"}, {"type": "Job"}], "spec.conditions[1]"),
+        ([{"type": "Once", "name": ""}], "spec.conditions[0].name"),
+        (["Barrier b"], "spec.conditions[0]"),
+    ],
+)
+def test_a_corrupt_condition_is_refused_not_skipped(conditions: Any, field: str) -> None:
+    """Skipping the condition that does not parse would open the gate early."""
+    from konductor import CorruptState
+    from konductor._primitives._gate_state import parse_spec
+
+    with pytest.raises(CorruptState) as caught:
+        parse_spec({"conditions": conditions})
+    assert caught.value.field.startswith(field)
+    assert parse_spec({"conditions": [{"type": "Job", "name": "j"}]}) == (GateCondition.job("j"),)

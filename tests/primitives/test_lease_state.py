@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from konductor import CorruptState
 from konductor._primitives import _lease_state as state
 
 ME, OTHER = "me-1-abc", "go-service-7f9c"
@@ -200,17 +201,23 @@ def test_the_holder_yields_only_to_another_named_identity(preferred: Any) -> Non
     ("transitions", "token"),
     [
         (0, 1),
-        (2**31 - 2, 2**31 - 1),
-        (2**31 - 1, 0),  # the int32 maximum wraps to 0, as a recreated Lease starts
-        (2**40, 0),  # beyond int32 (written by hand): read as the maximum
+        (2**31 - 2, 2**31 - 1),  # the last token an int32 can carry
         (-5, 1),  # negative (refused by the server, but untrusted): read as 0
     ],
 )
-def test_lease_transitions_wrap_at_the_int32_maximum(transitions: int, token: int) -> None:
+def test_lease_transitions_count_up_to_the_int32_maximum(transitions: int, token: int) -> None:
     assert state.MAX_TRANSITIONS == 2**31 - 1
     for holder, expired in ((None, False), (OTHER, True), (ME, False)):
         out = state.acquire(spec_of(holder, transitions), ME, 15, T1, expired=expired)
         assert out.token == token
         assert out.spec is not None
         assert out.spec["leaseTransitions"] == token
-        assert -(2**31) <= out.spec["leaseTransitions"] <= 2**31 - 1
+
+
+@pytest.mark.parametrize("transitions", [2**31 - 1, 2**40])
+def test_at_the_int32_maximum_no_token_goes_backwards(transitions: int) -> None:
+    # Beyond int32 (written by hand) reads as the maximum. A wrap to 0 would hand
+    # out a token lower than every earlier one: refused, with the repair named.
+    for holder, expired in ((None, False), (OTHER, True), (ME, False)):
+        with pytest.raises(CorruptState, match="int32"):
+            state.acquire(spec_of(holder, transitions), ME, 15, T1, expired=expired)

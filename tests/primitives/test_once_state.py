@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
+from konductor import CorruptState
 from konductor._primitives import _once_state as s
 
+RUN_OK = {"id": "a", "holder": "h", "attempt": 1, "ttlSeconds": 5.0, "renewals": 0}
+RUN_OK = {"id": "a", "holder": "h", "attempt": 1, "ttlSeconds": 5.0, "renewals": 0}
 WALL = "2026-01-01T00:00:00.000000Z"
 ME = s.Claim("me", "pod-a-1-aaaaaa", 15.0)
 
@@ -120,9 +123,42 @@ def test_pending_after_a_reset_keeps_counting_attempts() -> None:
 
 
 @pytest.mark.parametrize("value", ["Weird", None, 3, ""])
-def test_an_unknown_state_reads_as_pending(value: Any) -> None:
+def test_an_unknown_state_reads_as_pending_but_is_never_run(value: Any) -> None:
+    """Shown as Pending, but a garbage state is not guessed at: running the function
+    again on it could run a migration twice (fail closed, with a clear error)."""
     assert s.state_of({"state": value}) == "Pending"
-    assert s.begin({"state": value}, ME, set(), WALL, None).verdict == s.RUN
+    with pytest.raises(CorruptState) as caught:
+        s.begin({"state": value}, ME, set(), WALL, None)
+    assert caught.value.field == "status.state"
+
+
+@pytest.mark.parametrize(
+    ("status", "field"),
+    [
+        ({"attempt": -3}, "status.attempt"),
+        ({"attempt": "3"}, "status.attempt"),
+        ({"state": "Running", "run": "x"}, "status.run"),
+        ({"state": "Running", "run": {"holder": "h"}}, "status.run.id"),
+        ({"state": "Running", "run": {**RUN_OK, "ttlSeconds": "abc"}}, "status.run.ttlSeconds"),
+        ({"state": "Running", "run": {**RUN_OK, "attempt": 0}}, "status.run.attempt"),
+    ],
+)
+def test_corrupt_fields_raise_corrupt_state(status: dict[str, Any], field: str) -> None:
+    for transition in (
+        lambda: s.begin(status, ME, set(), WALL, None),
+        lambda: s.renew(status, {"a"}, WALL),
+        lambda: s.reset(status, set(), force=True),
+    ):
+        with pytest.raises(CorruptState) as caught:
+            transition()
+        assert caught.value.field == field
+
+
+def test_the_token_never_goes_below_the_live_claims() -> None:
+    out = s.begin(
+        {"state": "Failed", "attempt": 2, "run": {**RUN_OK, "attempt": 9}}, ME, set(), WALL, None
+    )
+    assert out.attempt == 10
 
 
 @pytest.mark.parametrize("value", ["3", True, None, 2.5])
