@@ -220,3 +220,11 @@ def test_public_api_on_the_api_server(kube_crds: Any) -> None:
         asyncio.run(run())
 
     check()
+
+
+@pytest.mark.parametrize("identity", ["x" * 254, 5, b"bytes"])
+def test_an_identity_the_schema_would_refuse_is_refused_at_once(identity: Any) -> None:
+    store = MemoryStore()
+    with pytest.raises(InvalidArgument, match="identity"):
+        Client(store, identity=identity)
+    assert Client(store, identity="x" * 253).identity == "x" * 253
