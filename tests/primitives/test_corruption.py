@@ -251,8 +251,11 @@ async def test_clients_refuse_corrupt_state_admit_nobody_and_recover(
             witness.leave()
 
     waiting = asyncio.ensure_future(wait_for_permit())
-    await asyncio.sleep(0.3)
-    good = await backend.store.get(SEMAPHORE, "sem")
+    for _ in range(200):  # until the waiter's ticket is in the queue
+        good = await backend.store.get(SEMAPHORE, "sem")
+        if good.status["queue"]:
+            break
+        await asyncio.sleep(0.05)
     assert len(good.status["queue"]) == 1
     bad = copy.deepcopy(good.status)
     MALFORMED_QUEUED[case](bad)
