@@ -7,10 +7,16 @@
 #
 # Prints the path of the cached binary on stdout. Idempotent: a cached binary
 # is reused. Needs root for apt-get (it is skipped when everything is present).
+# The downloaded source package is kept in $CACHE_DIR/src and reused;
+# `--fetch-source` only makes sure it is there and prints the tarball's path
+# (build-client-go-elector.sh builds from the same source).
 set -euo pipefail
+FETCH_ONLY=0
+[ "${1:-}" = --fetch-source ] && FETCH_ONLY=1
 
 CACHE_DIR="${KONDUCTOR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/konductor}"
 BIN="$CACHE_DIR/kube-apiserver-v1.20.2"
+SRC_DIR="$CACHE_DIR/src"
 log() { echo "[build-kube-apiserver] $*" >&2; }
 
 need_pkgs=()
@@ -30,7 +36,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_pkgs[@]}" >&2
 fi
 
-if [ -x "$BIN" ]; then
+if [ -x "$BIN" ] && [ "$FETCH_ONLY" = 0 ]; then
   echo "$BIN"
   exit 0
 fi
@@ -54,10 +60,22 @@ if [ ! -f /etc/apt/sources.list.d/konductor-deb-src.sources ]; then
   apt-get update -qq >&2
 fi
 
+# The source package, downloaded once and kept (apt-get source fetches the
+# .dsc, the orig tarball and the debian tarball).
+tarball() { compgen -G "$SRC_DIR/kubernetes_*.orig.tar.gz" | head -1; }
+if [ -z "$(tarball)" ]; then
+  log "downloading the kubernetes source package into $SRC_DIR"
+  mkdir -p "$SRC_DIR.tmp"
+  (cd "$SRC_DIR.tmp" && apt-get source --download-only kubernetes >&2)
+  rm -rf "$SRC_DIR" && mv "$SRC_DIR.tmp" "$SRC_DIR"
+fi
+TARBALL="$(tarball)"
+if [ "$FETCH_ONLY" = 1 ]; then
+  echo "$TARBALL"
+  exit 0
+fi
 cd "$WORK"
-log "downloading the kubernetes source package"
-apt-get source --download-only kubernetes >&2
-tar xzf kubernetes_*.orig.tar.gz
+tar xzf "$TARBALL"
 cd kubernetes-1.20.2
 
 # Go 1.19 crashes the v1.20 apiserver with the vendored reflect2 v1.0.1;

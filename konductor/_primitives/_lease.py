@@ -15,13 +15,18 @@ contend for the same Lease. This module adds:
   ``holderIdentity`` per client, so two tasks of the same client take turns
   locally before contending in the cluster;
 - :meth:`LeaseMethods.campaign`, which keeps a coroutine running while this
-  client is the leader and campaigns again when leadership is lost.
+  client is the leader and campaigns again when leadership is lost;
+- yielding to ``spec.preferredHolder`` (Kubernetes 1.31+ coordinated leader
+  election): a holder that finds another identity named there stops renewing
+  and loses the grant at once (the body is cancelled), and releases the Lease
+  when the body has ended, so the named one can take it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -41,8 +46,8 @@ from konductor._primitives import _lease_state as state
 from konductor._primitives import _validate as check
 from konductor._primitives._clock import Clock, micro_time
 from konductor._primitives._grant import Grant, Guarded
-from konductor._primitives._hub import Hub
-from konductor._primitives._renewal import Entry
+from konductor._primitives._hub import Hub, Sends
+from konductor._primitives._renewal import OWN_DEADLINE, Entry, SendRecord
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import LEASE
@@ -129,6 +134,8 @@ class _LeaseSite:
         if obj is None:
             return "it does not exist"
         rec = state.parse(obj.spec)
+        if rec.preferred is not None and rec.preferred != self.rt.identity:
+            return f"spec.preferredHolder names {rec.preferred!r}; clear it to let others lead"
         if rec.holder is None:
             return "nobody holds it"
         if rec.holder == self.rt.identity:
@@ -164,13 +171,8 @@ class _LeaseSite:
                 f"lease {self.name!r}: not acquired within {timeout:g}s "
                 "(held by another task of this client)"
             )
-        sent_at = clock.monotonic()
+        track = SendRecord()  # when our writes of the record were sent
         written = False  # a grant write may have been applied
-
-        def sent() -> None:
-            nonlocal sent_at, written
-            sent_at = clock.monotonic()
-            written = True
 
         granted = watching = refreshed = False
         try:
@@ -178,8 +180,10 @@ class _LeaseSite:
                 seen = self.hub.changes
                 obj = await self.hub.current()
                 token: int | None
+                sends = Sends()
                 if obj is None:
-                    sent()
+                    sends.sent(clock.monotonic())
+                    written = True
                     try:
                         obj = await self.rt.store.create(
                             LEASE,
@@ -189,16 +193,32 @@ class _LeaseSite:
                     except AlreadyExists:
                         await self.hub.refresh()
                         continue
+                    except BaseException:
+                        track.record(sends, present=False)
+                        raise
+                    sends.committed = sends.first
                     self.hub.observe(obj)
                     token = 0
                 else:
                     try:
-                        token, obj = await self.hub.update(self._decide(), on_sent=sent)
+                        token, obj = await self.hub.update(self._decide(), sends=sends)
                     except NotFound:  # deleted meanwhile: create it
                         continue
+                    except BaseException:
+                        written = written or sends.first is not None
+                        track.record(sends, present=False)
+                        raise
+                    written = written or sends.first is not None
+                track.record(sends, present=token is not None)
                 if token is not None:
+                    if clock.monotonic() >= track.sent_at + OWN_DEADLINE * self.duration:
+                        # Ours, but too late to be trusted (others may judge the
+                        # record expired): clear it and campaign again.
+                        await asyncio.shield(self._clear(token))
+                        track = SendRecord()
+                        continue
                     granted = True
-                    return self._grant(owner, token, sent_at)
+                    return self._grant(owner, token, track.sent_at)
                 if not blocking:
                     if not refreshed and self.hub.changes == seen:
                         # Decided on a cached object that wrote nothing, so no CAS
@@ -238,9 +258,18 @@ class _LeaseSite:
                 self.slot.free(owner)
 
     def _grant(self, owner: object, token: int, sent_at: float) -> Lease:
-        identity, duration = self.rt.identity, self.duration
+        identity, duration, name = self.rt.identity, self.duration, self.name
 
         def renew(spec: JSON, ids: set[str], wall: str) -> tuple[JSON | None, set[str]]:
+            preferred = state.yields_to(spec, identity)
+            if preferred is not None and state.holds(spec, identity, token):
+                # Yield: stop renewing and lose the grant now; the Lease is released
+                # by the loss path once the guarded work has stopped.
+                entry.mark_lost(
+                    f"spec.preferredHolder of Lease {name!r} names {preferred!r}: "
+                    "yielding leadership to it, as client-go's coordinated leader election does"
+                )
+                return None, set(ids)
             out = state.renew(spec, identity, token, duration, wall)
             return (out.spec, set()) if out.spec is not None else (None, set(ids))
 
@@ -358,8 +387,7 @@ class LeaseMethods(HasRuntime):
             InvalidArgument / InvalidName: bad arguments, before any API call.
             whatever ``leader_fn`` raises.
         """
-        if not callable(leader_fn):
-            raise InvalidArgument(f"leader_fn must be a coroutine function, got {leader_fn!r}")
+        _check_leader_fn(leader_fn)
         site = _site(self._rt, name, ttl)
         backoff = Backoff(initial=0.1, cap=5.0)
         while True:
@@ -379,6 +407,37 @@ class LeaseMethods(HasRuntime):
                 lease.token,
                 lease.lost_reason,
             )
+
+
+def _check_leader_fn(leader_fn: Callable[[Lease], Awaitable[T]]) -> None:
+    """Refuse, before anything is written, a ``leader_fn`` that cannot be awaited with a Lease.
+
+    Raises:
+        InvalidArgument: not an ``async def`` function (or an object whose
+            ``__call__`` is one), or it cannot be called with one argument.
+    """
+    if not callable(leader_fn):
+        raise InvalidArgument(
+            f"leader_fn must be an async function taking the Lease, got {leader_fn!r}"
+        )
+    call = getattr(leader_fn, "__call__", None)  # noqa: B004 - an async __call__ counts
+    if not (inspect.iscoroutinefunction(leader_fn) or inspect.iscoroutinefunction(call)):
+        raise InvalidArgument(
+            f"leader_fn must be an async function (async def leader_fn(lease): ...), got the "
+            f"sync callable {leader_fn!r}; wrap sync work in an async function "
+            "(e.g. with asyncio.to_thread)"
+        )
+    try:
+        signature = inspect.signature(leader_fn)
+    except (TypeError, ValueError):  # no signature to check (some builtins)
+        return
+    try:
+        signature.bind(None)
+    except TypeError as exc:
+        raise InvalidArgument(
+            f"leader_fn must accept exactly one argument, the Lease; {leader_fn!r} "
+            f"takes {signature}: {exc}"
+        ) from exc
 
 
 async def _lead(lease: Lease, leader_fn: Callable[[Lease], Awaitable[T]]) -> asyncio.Task[T] | None:

@@ -14,14 +14,18 @@ for the same Lease:
     MicroTime strings (exactly six fractional digits), for people and for
     client-go; never used to decide expiry
 ``leaseTransitions``
-    incremented whenever the holder changes: the fencing token
+    incremented whenever the holder changes: the fencing token (an int32, see
+    :func:`next_transitions` for what happens at its maximum)
+``preferredHolder`` (Kubernetes 1.31+)
+    when it names another identity, the holder yields (:func:`yields_to`) and
+    candidates other than the named one do not take the lease
 
 Expiry is not decided here: the caller says whether it has seen the record
 ``(holderIdentity, renewTime, leaseTransitions)`` unchanged for
 ``leaseDurationSeconds`` on its own monotonic clock (client-go's
 ``observedTime`` rule), via :func:`holder_entries` and the expiry tracker.
-Unknown spec fields (e.g. ``preferredHolder`` / ``strategy`` of newer
-Kubernetes versions) are kept on every write.
+Every write keeps the spec fields it does not set (e.g. ``strategy`` of
+newer Kubernetes versions), so nothing another writer put there is lost.
 """
 
 from __future__ import annotations
@@ -31,9 +35,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from konductor._primitives._parse import Where, corrupt
-from konductor._store._kinds import LEASE
-
 JSON = dict[str, Any]
 
 HOLDER = "holderIdentity"
@@ -41,7 +42,10 @@ DURATION = "leaseDurationSeconds"
 ACQUIRE_TIME = "acquireTime"
 RENEW_TIME = "renewTime"
 TRANSITIONS = "leaseTransitions"
-INT32_MAX = 2**31 - 1  # leaseTransitions is an int32 in coordination.k8s.io/v1
+PREFERRED = "preferredHolder"
+
+#: ``leaseTransitions`` is an int32 in the API: a write of more is refused.
+MAX_TRANSITIONS = 2**31 - 1
 
 #: client-go's ``ReleaseOnCancel`` writes this duration with an empty holder.
 RELEASED_DURATION = 1
@@ -56,6 +60,7 @@ class Record:
     acquire_time: str | None
     renew_time: str | None
     transitions: int
+    preferred: str | None = None
 
     @property
     def held(self) -> bool:
@@ -77,13 +82,31 @@ def parse(spec: Mapping[str, Any]) -> Record:
     holder = spec.get(HOLDER)
     renew = spec.get(RENEW_TIME)
     acquire = spec.get(ACQUIRE_TIME)
+    preferred = spec.get(PREFERRED)
     return Record(
         holder=holder if isinstance(holder, str) and holder else None,
         duration=_int(spec.get(DURATION)),
         acquire_time=acquire if isinstance(acquire, str) else None,
         renew_time=renew if isinstance(renew, str) else None,
-        transitions=max(0, _int(spec.get(TRANSITIONS)) or 0),
+        transitions=min(MAX_TRANSITIONS, max(0, _int(spec.get(TRANSITIONS)) or 0)),
+        preferred=preferred if isinstance(preferred, str) and preferred else None,
     )
+
+
+def next_transitions(transitions: int) -> int:
+    """The ``leaseTransitions`` of the next take-over: one more, or 0 after the int32 maximum.
+
+    The API stores an int32; client-go computes ``old + 1`` and converts it
+    to int32, writing -2147483648, which the API server refuses, so a Lease at
+    the maximum could never be taken again. konductor wraps to 0 instead, the
+    token a newly created Lease starts with: the Lease stays usable, and the
+    fencing token restarts exactly as it would if the Lease were deleted and
+    created again. Tokens are monotonic between wraps; a wrap needs 2**31
+    holder changes (68 years at one per second), so in practice it means that
+    someone wrote the maximum by hand, after which earlier tokens carried no
+    order anyway.
+    """
+    return transitions + 1 if transitions < MAX_TRANSITIONS else 0
 
 
 def holder_entries(spec: Mapping[str, Any]) -> list[JSON]:
@@ -136,6 +159,10 @@ def acquire(
 ) -> Outcome:
     """Take the lease if nobody holds it, or its holder has expired, or it is our own record.
 
+    Never while ``preferredHolder`` names another identity: that one is to
+    lead next (the holder yields to it, :func:`yields_to`); clear the field to
+    let anyone lead.
+
     ``expired``: this observer has seen the current record unchanged for its
     ``leaseDurationSeconds``. A record held by ``identity`` itself is a
     leftover of this client (its grant was lost, or this very write was
@@ -146,15 +173,10 @@ def acquire(
     rec = parse(spec)
     if rec.holder is not None and rec.holder != identity and not expired:
         return Outcome(None)
+    if rec.preferred is not None and rec.preferred != identity:
+        return Outcome(None)
     new = copy.deepcopy(dict(spec))
-    token = rec.transitions + 1
-    if token > INT32_MAX:  # the API server would refuse the write, every time
-        raise corrupt(
-            Where(LEASE),
-            "spec.leaseTransitions",
-            f"is {rec.transitions}, the int32 maximum, so no new holder can get a larger "
-            "fencing token (reset whatever checks the tokens downstream too)",
-        )
+    token = next_transitions(rec.transitions)
     new.update(
         {
             HOLDER: identity,
@@ -173,6 +195,18 @@ def holds(spec: Mapping[str, Any], identity: str, token: int) -> bool:
     return rec.holder == identity and rec.transitions == token
 
 
+def yields_to(spec: Mapping[str, Any], identity: str) -> str | None:
+    """The identity ``spec.preferredHolder`` names if it is not ``identity``, else ``None``.
+
+    A holder that finds one must yield, as client-go's coordinated leader
+    election does: stop renewing and treat the grant as lost, then release it
+    once the work it guarded has stopped (never before, or two processes
+    could act at once).
+    """
+    preferred = parse(spec).preferred
+    return preferred if preferred is not None and preferred != identity else None
+
+
 def renew(spec: Mapping[str, Any], identity: str, token: int, duration: int, wall: str) -> Outcome:
     """Refresh ``renewTime`` if ``(identity, token)`` still holds; else ``Outcome(None)`` (lost).
 
@@ -189,8 +223,9 @@ def renew(spec: Mapping[str, Any], identity: str, token: int, duration: int, wal
 def release(spec: Mapping[str, Any], identity: str, token: int | None, wall: str) -> Outcome:
     """Give the lease up, as client-go's ``ReleaseOnCancel`` does.
 
-    The holder is removed, ``leaseDurationSeconds`` set to 1 and both times to
-    now; ``leaseTransitions`` is kept (the next holder increments it). Nothing
+    ``holderIdentity`` is set to ``""``, ``leaseDurationSeconds`` to 1 and both
+    times to now; ``leaseTransitions`` and every other field are kept (the
+    next holder increments the transitions). Nothing
     is written unless ``identity`` holds the lease, with ``token`` when one is
     given (a later grant of the same identity is not released by an old handle).
     """
@@ -198,9 +233,9 @@ def release(spec: Mapping[str, Any], identity: str, token: int | None, wall: str
     if rec.holder != identity or (token is not None and rec.transitions != token):
         return Outcome(None)
     new = copy.deepcopy(dict(spec))
-    new.pop(HOLDER, None)
     new.update(
         {
+            HOLDER: "",
             DURATION: RELEASED_DURATION,
             ACQUIRE_TIME: wall,
             RENEW_TIME: wall,

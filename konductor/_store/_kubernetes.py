@@ -10,18 +10,36 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from konductor._errors import InvalidArgument, StoreUnavailable
 from konductor._kube._api import JSON, KubeApi, Target, raise_for_status
 from konductor._names import validate_name, validate_namespace
-from konductor._store._base import ObjectList, Store, StoredObject, WatchEvent, copy_json
+from konductor._store._base import (
+    ObjectList,
+    Store,
+    StoredObject,
+    WatchEvent,
+    copy_json,
+    version_newer,
+)
 from konductor._store._kinds import Kind
 from konductor._store._watch import Bookmark, RawEvent
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "konductor"}
+#: Seconds of silence past a watch's own ``timeoutSeconds`` that mark its connection dead.
+WATCH_MARGIN = 10
+
+#: The metadata others own, which a spec write (a PUT of the whole object) must
+#: send back unchanged, or the API server would delete it.
+KEPT_METADATA = ("labels", "annotations", "finalizers", "ownerReferences")
+
+#: How many objects' kept metadata a store remembers (least recently seen go first).
+_KEPT_OBJECTS = 4096
 
 
 def _to_object(kind: Kind, raw: Mapping[str, Any]) -> StoredObject:
@@ -64,7 +82,7 @@ class KubernetesStore(Store):
         api_client: Any = None,
         request_timeout: float = 30.0,
         retry_deadline: float = 15.0,
-        watch_timeout: tuple[int, int] = (240, 360),
+        watch_timeout: tuple[int, int] = (40, 60),
     ) -> None:
         from konductor._kube import _config
 
@@ -76,6 +94,8 @@ class KubernetesStore(Store):
         self._retry_deadline = retry_deadline
         self._watch_timeout = watch_timeout
         self._api: KubeApi | None = None
+        # (kind, name) -> (version, kept metadata) of the newest version seen.
+        self._kept: OrderedDict[tuple[str, str], tuple[str, JSON]] = OrderedDict()
         if namespace is None:
             if in_cluster:
                 namespace = _config.service_account_namespace()
@@ -140,13 +160,16 @@ class KubernetesStore(Store):
 
     # -- Store ---------------------------------------------------------------------------
 
-    async def get(self, kind: Kind, name: str) -> StoredObject:
+    async def get(self, kind: Kind, name: str, *, timeout: float | None = None) -> StoredObject:
         validate_name(name)
         api = await self._connect()
         raw = await api.request(
-            "GET", f"{self._collection(kind)}/{name}", self._target("get", kind, name)
+            "GET",
+            f"{self._collection(kind)}/{name}",
+            self._target("get", kind, name),
+            timeout=timeout,
         )
-        return _to_object(kind, raw)
+        return self._seen(kind, raw)
 
     async def create(self, kind: Kind, name: str, spec: Mapping[str, Any]) -> StoredObject:
         validate_name(name)
@@ -160,18 +183,58 @@ class KubernetesStore(Store):
         raw = await api.request(
             "POST", self._collection(kind), self._target("create", kind, name), body=body
         )
-        return _to_object(kind, raw)
+        return self._seen(kind, raw)
 
-    def _update_body(self, kind: Kind, name: str, version: str, **parts: Any) -> JSON:
+    def _seen(self, kind: Kind, raw: Mapping[str, Any]) -> StoredObject:
+        """The object of a response, remembering the metadata a later spec write must keep."""
+        obj = _to_object(kind, raw)
+        meta = raw.get("metadata")
+        if obj.version and isinstance(meta, dict):
+            key = (kind.resource, obj.name)
+            known = self._kept.get(key)
+            if known is None or not version_newer(known[0], obj.version):
+                kept = {k: meta[k] for k in KEPT_METADATA if k in meta}
+                self._kept[key] = (obj.version, copy_json(kept))
+                self._kept.move_to_end(key)
+                while len(self._kept) > _KEPT_OBJECTS:
+                    self._kept.popitem(last=False)
+        return obj
+
+    async def _kept_metadata(
+        self, kind: Kind, name: str, version: str, timeout: float | None
+    ) -> JSON:
+        """Labels, annotations, finalizers and owner references of ``name`` at ``version``.
+
+        Exact when this store has seen ``version`` (its response, a list or a
+        watch event). If it has seen a newer one, the write conflicts whatever
+        it sends. Otherwise (a version learnt elsewhere) one read finds them.
+        """
+        known = self._kept.get((kind.resource, name))
+        if known is None or version_newer(version, known[0]):
+            await self.get(kind, name, timeout=timeout)
+            known = self._kept.get((kind.resource, name))
+        return copy_json(known[1]) if known is not None else {}
+
+    def _update_body(
+        self, kind: Kind, name: str, version: str, metadata: JSON | None = None, **parts: Any
+    ) -> JSON:
+        meta: JSON = {"name": name, "namespace": self.namespace, "resourceVersion": version}
         return {
             "apiVersion": kind.api_version,
             "kind": kind.kind,
-            "metadata": {"name": name, "namespace": self.namespace, "resourceVersion": version},
+            "metadata": {**(metadata or {}), **meta},
             **{k: copy_json(v) for k, v in parts.items()},
         }
 
     async def replace_status(
-        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         validate_name(name)
         if not kind.has_status:
@@ -182,21 +245,35 @@ class KubernetesStore(Store):
             f"{self._collection(kind)}/{name}/status",
             self._target("update", kind, name),
             body=self._update_body(kind, name, version, status=status),
+            timeout=timeout,
+            on_attempt=on_sent,
         )
-        return _to_object(kind, raw)
+        return self._seen(kind, raw)
 
     async def replace_spec(
-        self, kind: Kind, name: str, spec: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        spec: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         validate_name(name)
         api = await self._connect()
+        # A PUT replaces the whole object: send back what others own.
+        end = None if timeout is None else time.monotonic() + timeout
+        metadata = await self._kept_metadata(kind, name, version, timeout)
         raw = await api.request(
             "PUT",
             f"{self._collection(kind)}/{name}",
             self._target("update", kind, name),
-            body=self._update_body(kind, name, version, spec=spec),
+            body=self._update_body(kind, name, version, metadata, spec=spec),
+            timeout=None if end is None else max(0.0, end - time.monotonic()),
+            on_attempt=on_sent,
         )
-        return _to_object(kind, raw)
+        return self._seen(kind, raw)
 
     async def delete(self, kind: Kind, name: str, *, version: str | None = None) -> None:
         validate_name(name)
@@ -210,11 +287,12 @@ class KubernetesStore(Store):
             self._target("delete", kind, name),
             body=body,
         )
+        self._kept.pop((kind.resource, name), None)
 
     async def list(self, kind: Kind) -> ObjectList:
         api = await self._connect()
         raw = await api.request("GET", self._collection(kind), self._target("list", kind))
-        items = tuple(_to_object(kind, item) for item in raw.get("items") or [])
+        items = tuple(self._seen(kind, item) for item in raw.get("items") or [])
         version = str((raw.get("metadata") or {}).get("resourceVersion", ""))
         return ObjectList(tuple(sorted(items, key=lambda o: o.name)), version)
 
@@ -233,8 +311,10 @@ class KubernetesStore(Store):
         if name is not None:
             query.append(("fieldSelector", f"metadata.name={name}"))
         target = self._target("watch", kind, name)
+        # The server ends a quiet watch after timeoutSeconds; a stream silent for
+        # longer than that (plus a margin) is a dead connection, not a quiet object.
         async with api.stream(
-            self._collection(kind), target, query, read_timeout=server_timeout + 30
+            self._collection(kind), target, query, read_timeout=server_timeout + WATCH_MARGIN
         ) as lines:
 
             async def events() -> AsyncIterator[RawEvent]:
@@ -250,7 +330,11 @@ class KubernetesStore(Store):
                         if version:
                             yield Bookmark(str(version))
                         continue
-                    if type_ in ("ADDED", "MODIFIED", "DELETED"):
-                        yield WatchEvent(type_, _to_object(kind, obj))
+                    if type_ == "DELETED":
+                        gone = _to_object(kind, obj)
+                        self._kept.pop((kind.resource, gone.name), None)
+                        yield WatchEvent(type_, gone)
+                    elif type_ in ("ADDED", "MODIFIED"):
+                        yield WatchEvent(type_, self._seen(kind, obj))
 
             yield events()

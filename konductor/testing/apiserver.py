@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 import yaml
 
@@ -83,6 +83,9 @@ STOP_GRACE: Final = 10.0
 _PORT_ATTEMPTS: Final = 3
 _LOG_TAIL_LINES: Final = 40
 _COMPACTION_MARKER_KEY: Final = "/konductor-testing/compaction-marker"
+
+
+Component = Literal["etcd", "kube-apiserver"]
 
 
 class KubeEnvError(RuntimeError):
@@ -503,6 +506,7 @@ class LocalApiServer(_KubeEnv):
         self._apiserver: subprocess.Popen[bytes] | None = None
         self._etcd_endpoint: str | None = None
         self._etcdctl: str | None = None
+        self._commands: dict[Component, list[str]] = {}
 
     # -- properties --------------------------------------------------------------
 
@@ -616,14 +620,8 @@ class LocalApiServer(_KubeEnv):
             "--initial-cluster", f"{etcd_name}={peer_url}",
             "--initial-cluster-state", "new",
         ]  # fmt: skip
-        with (workdir / "etcd.log").open("wb") as log:
-            self._etcd = subprocess.Popen(
-                etcd_cmd,
-                cwd=workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        self._commands = {"etcd": etcd_cmd}
+        self._etcd = self._launch("etcd")
         deadline = started + self.ready_timeout
         self._wait_etcd(deadline)
 
@@ -657,14 +655,8 @@ class LocalApiServer(_KubeEnv):
             f"--watch-cache={'true' if self.watch_cache else 'false'}",
             *self.extra_apiserver_args,
         ]
-        with (workdir / "kube-apiserver.log").open("wb") as log:
-            self._apiserver = subprocess.Popen(
-                apiserver_cmd,
-                cwd=workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        self._commands["kube-apiserver"] = apiserver_cmd
+        self._apiserver = self._launch("kube-apiserver")
 
         self._server = server
         ctx = _insecure_context()
@@ -685,6 +677,51 @@ class LocalApiServer(_KubeEnv):
             )
             for name, token in self._tokens.items()
         }
+
+    def _launch(self, component: Component) -> subprocess.Popen[bytes]:
+        workdir = self._require_workdir()
+        with (workdir / f"{component}.log").open("ab") as log:
+            return subprocess.Popen(
+                self._commands[component],
+                cwd=workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    # -- control-plane faults ----------------------------------------------------
+
+    def kill(self, component: Component) -> None:
+        """SIGKILL ``etcd`` or ``kube-apiserver`` (a crash: nothing is flushed or closed).
+
+        The data directory, ports and credentials stay; :meth:`revive` starts the
+        same process again, as a restarted control plane would.
+        """
+        proc = self._etcd if component == "etcd" else self._apiserver
+        if proc is None:
+            raise KubeEnvError(f"{component} is not running; call start() first")
+        proc.kill()
+        proc.wait(10)
+
+    def revive(self, component: Component) -> None:
+        """Start a killed ``etcd`` or ``kube-apiserver`` again with the same flags and data.
+
+        Returns once it is healthy (etcd) or ready (kube-apiserver).
+
+        Raises:
+            KubeEnvError: it did not come back within ``ready_timeout``.
+        """
+        deadline = time.monotonic() + self.ready_timeout
+        if component == "etcd":
+            if self._etcd is not None and self._etcd.poll() is None:
+                return
+            self._etcd = self._launch("etcd")
+            self._wait_etcd(deadline)
+        else:
+            if self._apiserver is not None and self._apiserver.poll() is None:
+                return
+            self._apiserver = self._launch("kube-apiserver")
+            self._wait_apiserver(deadline)
 
     def _failure(self, what: str) -> KubeEnvError:
         workdir = self._require_workdir()

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -174,35 +173,25 @@ class CeleryCluster:
 
 
 class ProxyThread:
-    """A :class:`TcpProxy` to the API server, on an event loop of its own thread."""
+    """A :class:`TcpProxy` to the API server (it runs on a thread of its own)."""
 
     def __init__(self, server: str) -> None:
         host, port = server.removeprefix("https://").rsplit(":", 1)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.proxy = self._run(TcpProxy(host, int(port)).start())
+        self.proxy = TcpProxy(host, int(port)).start()
         self.port = self.proxy.port
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
     def cut(self) -> None:
         """Refuse new connections and abort the open ones: the API server is unreachable."""
-        self.proxy.refusing = True
-        self.loop.call_soon_threadsafe(self.proxy.sever)
+        self.proxy.reset()
 
     def restore(self) -> None:
-        self.proxy.refusing = False
+        self.proxy.pass_through()
 
     def __enter__(self) -> ProxyThread:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._run(self.proxy.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
+        self.proxy.close()
 
 
 @pytest.fixture

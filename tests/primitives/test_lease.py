@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from konductor import (
     AcquireTimeout,
     Client,
+    Conflict,
     InvalidArgument,
     InvalidName,
     LeaseLost,
 )
 from konductor._primitives._lease import Lease
-from konductor.store import LEASE
+from konductor.store import LEASE, LocalStore, MemoryStore, Store
 from tests.primitives.lease_helpers import MICRO_TIME, Leaders, Outage, tokens_increase
 from tests.store.conftest import Backend
 
@@ -44,8 +47,8 @@ async def test_acquire_renew_release_and_the_record_written(
     with pytest.raises(LeaseLost, match="released"):
         lease.ensure_held()
     spec = (await backend.store.get(LEASE, "leader")).spec
-    # client-go's ReleaseOnCancel shape: no holder, duration 1, transitions kept.
-    assert "holderIdentity" not in spec
+    # client-go's ReleaseOnCancel shape: holder "", duration 1, transitions kept.
+    assert spec["holderIdentity"] == ""
     assert spec["leaseDurationSeconds"] == 1
     assert spec["leaseTransitions"] == 0
     async with client.lease("leader", ttl=7) as again:
@@ -75,9 +78,52 @@ async def test_bad_arguments_fail_before_any_api_call(clients: Clients, backend:
         await client.try_acquire_lease("bad", ttl=0.99)
     with pytest.raises(InvalidArgument, match="leader_fn"):
         await client.campaign("bad", None)  # type: ignore[arg-type]
+
+    async def lead(lease: Lease) -> None:
+        await asyncio.sleep(0)
+
     with pytest.raises(InvalidArgument, match="ttl"):
-        await client.campaign("bad", lambda lease: asyncio.sleep(0), ttl=0)
+        await client.campaign("bad", lead, ttl=0)
     assert (await backend.store.list(LEASE)).items == ()
+
+
+async def _no_args() -> None:
+    pass
+
+
+async def _two_args(lease: Lease, extra: int) -> None:
+    pass
+
+
+def _sync(lease: Lease) -> None:
+    pass
+
+
+class _AsyncCallable:
+    async def __call__(self, lease: Lease) -> int:
+        return 7
+
+
+async def test_leader_fn_is_checked_before_anything_is_written(
+    clients: Clients, backend: Backend
+) -> None:
+    client = clients()
+    bad: list[tuple[Any, str]] = [
+        (lambda: 1, "async function"),
+        (_sync, "async function"),
+        (lambda lease: asyncio.sleep(0), "async function"),  # sync, returns an awaitable
+        (_no_args, "one argument"),
+        (_two_args, "one argument"),
+        (functools.partial(_two_args, extra=1, lease=None), "one argument"),
+        (42, "async function"),
+    ]
+    for fn, problem in bad:
+        with pytest.raises(InvalidArgument, match=f"leader_fn must .*{problem}"):
+            await client.campaign("checked", fn)
+    assert (await backend.store.list(LEASE)).items == ()  # nothing was written
+    # What passes the check: an async function, a partial of one, an async __call__.
+    assert await client.campaign("checked", _AsyncCallable(), ttl=3) == 7
+    assert await client.campaign("checked", functools.partial(_two_args, extra=1), ttl=3) is None
 
 
 async def test_mutual_exclusion_and_increasing_tokens_under_contention(clients: Clients) -> None:
@@ -229,11 +275,118 @@ async def test_campaign_returns_what_leader_fn_returns_and_releases(
         return lease.token + 100
 
     assert await client.campaign("once", lead, ttl=5) == 100
-    assert "holderIdentity" not in (await backend.store.get(LEASE, "once")).spec
+    assert (await backend.store.get(LEASE, "once")).spec["holderIdentity"] == ""
 
     async def fail(lease: Lease) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         await client.campaign("once", fail, ttl=5)
-    assert "holderIdentity" not in (await backend.store.get(LEASE, "once")).spec
+    assert (await backend.store.get(LEASE, "once")).spec["holderIdentity"] == ""
+
+
+# --- spec.preferredHolder (Kubernetes 1.31+; v1.20 drops the field, so these run on the
+# --- in-process stores, which keep unknown Lease fields as newer API servers do)
+
+
+@pytest.fixture(params=["memory", "local"])
+def two_stores(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[Store, Store]:
+    if request.param == "memory":
+        memory = MemoryStore()
+        return memory, memory
+    db = tmp_path / "konductor.db"
+    return LocalStore(db), LocalStore(db)
+
+
+async def _prefer(store: Store, name: str, who: str | None) -> None:
+    """Set spec.preferredHolder as a person or a controller would (kubectl edit)."""
+    while True:
+        obj = await store.get(LEASE, name)
+        spec = dict(obj.spec)
+        if who is None:
+            spec.pop("preferredHolder", None)
+        else:
+            spec["preferredHolder"] = who
+        try:
+            await store.replace_spec(LEASE, name, spec, version=obj.version)
+            return
+        except Conflict:
+            continue
+
+
+async def test_the_leader_yields_to_the_preferred_holder(two_stores: tuple[Store, Store]) -> None:
+    store_a, store_b = two_stores
+    a, b = Client(store_a, identity="a"), Client(store_b, identity="b")
+    leaders = Leaders()
+    tasks = [
+        asyncio.ensure_future(c.campaign("pref", _leader_fn(leaders, c.identity), ttl=3))
+        for c in (a, b)
+    ]
+    try:
+        await leaders.wait_for(lambda: len(leaders.current) == 1)
+        first = leaders.current[0]
+        other = "b" if first == "a" else "a"
+        first_token = leaders.history[0][1]
+        named = time.monotonic()
+        await _prefer(store_a, "pref", other)
+        # The leader's body is cancelled at its next renewal (about ttl/3), then it
+        # releases: the named one takes over at once, with the next token.
+        await leaders.wait_for(lambda: leaders.current == [other], timeout=10)
+        assert time.monotonic() - named < 3 * 0.9
+        assert first in leaders.cancelled
+        assert leaders.max == 1
+        assert leaders.history[-1] == (other, first_token + 1)
+        spec = (await store_a.get(LEASE, "pref")).spec
+        assert spec["holderIdentity"] == other
+        assert spec["preferredHolder"] == other  # kept by every writer
+        # The one that yielded campaigns again but does not take it from the preferred one.
+        await asyncio.sleep(4)
+        assert leaders.current == [other]
+        assert len(leaders.history) == 2
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await a.close()
+        await b.close()
+
+
+async def test_a_guarded_lease_yielding_raises_lease_lost_and_releases_after_the_body(
+    two_stores: tuple[Store, Store],
+) -> None:
+    store, observer = two_stores
+    client = Client(store, identity="me")
+    body_ended = 0.0
+    try:
+        with pytest.raises(LeaseLost, match=r"preferredHolder .*'go-elector'") as caught:
+            async with client.lease("guarded", ttl=3) as lease:
+                await _prefer(observer, "guarded", "go-elector")
+                try:
+                    await asyncio.sleep(30)
+                finally:
+                    body_ended = time.monotonic()
+                    # Not released while the body still runs: nobody else could take it yet.
+                    spec = (await observer.get(LEASE, "guarded")).spec
+                    assert spec["holderIdentity"] == "me"
+        assert isinstance(caught.value.__cause__, asyncio.CancelledError)
+        assert lease.is_lost
+        assert time.monotonic() - body_ended < 1
+        # Released right after the exit: a lost grant's release is sent in the
+        # background, so that a store that does not answer cannot delay the LeaseLost.
+        for _ in range(100):
+            spec = (await observer.get(LEASE, "guarded")).spec
+            if spec["holderIdentity"] == "":
+                break
+            await asyncio.sleep(0.05)
+        assert spec["holderIdentity"] == ""
+        assert spec["preferredHolder"] == "go-elector"
+        # Nobody but the named one takes it now; clearing the field lets anyone lead.
+        assert await client.try_acquire_lease("guarded", ttl=3) is None
+        with pytest.raises(AcquireTimeout, match="preferredHolder names 'go-elector'"):
+            await client.acquire_lease("guarded", ttl=3, timeout=0.3)
+        await _prefer(observer, "guarded", None)
+        again = await client.acquire_lease("guarded", ttl=3, timeout=5)
+        assert again.token == lease.token + 1
+        await again.release()
+    finally:
+        await client.close()

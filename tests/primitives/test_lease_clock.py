@@ -259,6 +259,6 @@ async def test_campaign_one_leader_and_takeover_when_the_leader_loses_its_networ
     await asyncio.gather(*tasks, return_exceptions=True)
     assert leaders.current == []
     spec = (await store.get(LEASE, "elect")).spec
-    assert "holderIdentity" not in spec  # the last leader released on cancel
+    assert spec["holderIdentity"] == ""  # the last leader released on cancel
     for c, _ in made:
         await c.close()

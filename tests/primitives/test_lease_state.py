@@ -28,7 +28,7 @@ def spec_of(holder: Any, transitions: Any, **extra: Any) -> dict[str, Any]:
 
 def test_parse_is_tolerant_of_what_others_wrote() -> None:
     rec = state.parse({})
-    assert rec == state.Record(None, None, None, None, 0)
+    assert rec == state.Record(None, None, None, None, 0, None)
     assert not rec.held
     rec = state.parse(
         {
@@ -67,7 +67,7 @@ def test_create_is_client_go_shaped() -> None:
     list(itertools.product(HOLDERS, TRANSITIONS, [False, True])),
 )
 def test_acquire_every_case(holder: Any, transitions: Any, expired: bool) -> None:
-    spec = spec_of(holder, transitions, preferredHolder="x", strategy="OldestEmulationVersion")
+    spec = spec_of(holder, transitions, preferredHolder=ME, strategy="OldestEmulationVersion")
     before = dict(spec)
     out = state.acquire(spec, ME, 20, T1, expired=expired)
     assert spec == before  # pure: the input is not changed
@@ -83,7 +83,7 @@ def test_acquire_every_case(holder: Any, transitions: Any, expired: bool) -> Non
         "acquireTime": T1,
         "renewTime": T1,
         "leaseTransitions": old + 1,
-        "preferredHolder": "x",  # fields of newer Kubernetes versions are kept
+        "preferredHolder": ME,  # fields of newer Kubernetes versions are kept
         "strategy": "OldestEmulationVersion",
     }
 
@@ -116,8 +116,9 @@ def test_release_every_case(holder: Any, transitions: Any, token: int | None) ->
     if not ours:
         assert out == state.Outcome(None)  # never clears somebody else's (or a later) grant
         return
-    # client-go's ReleaseOnCancel: no holder, duration 1, times now, transitions kept.
+    # client-go's ReleaseOnCancel: empty holder, duration 1, times now, transitions kept.
     assert out.spec == {
+        "holderIdentity": "",
         "leaseDurationSeconds": 1,
         "acquireTime": T1,
         "renewTime": T1,
@@ -157,3 +158,59 @@ def test_holder_entries_track_holder_renew_time_and_transitions() -> None:
 def test_duration_rounds_up_to_whole_seconds(ttl: float, seconds: int) -> None:
     assert state.duration_of(ttl) == seconds
     assert isinstance(state.duration_of(ttl), int)
+
+
+@pytest.mark.parametrize(
+    ("holder", "expired", "preferred"),
+    list(itertools.product(HOLDERS, [False, True], [None, "", ME, OTHER, 7])),
+)
+def test_a_candidate_defers_to_the_preferred_holder(
+    holder: Any, expired: bool, preferred: Any
+) -> None:
+    spec = spec_of(holder, 3, preferredHolder=preferred)
+    out = state.acquire(spec, ME, 15, T1, expired=expired)
+    # Another identity named: never take it, free, expired or our own leftover.
+    named_other = isinstance(preferred, str) and preferred not in ("", ME)
+    blocked = named_other or (holder == OTHER and not expired)
+    assert (out.spec is None) is blocked
+    if not blocked:
+        assert out.token == 4
+        assert out.spec is not None
+        assert out.spec["preferredHolder"] == preferred
+
+
+@pytest.mark.parametrize("preferred", [None, "", ME, OTHER, 7])
+def test_the_holder_yields_only_to_another_named_identity(preferred: Any) -> None:
+    spec = spec_of(ME, 3, preferredHolder=preferred)
+    expected = OTHER if preferred == OTHER else None
+    assert state.yields_to(spec, ME) == expected
+    # Renewing and releasing keep the field for the next holder to see.
+    renewed = state.renew(spec, ME, 3, 15, T1).spec
+    released = state.release(spec, ME, 3, T1).spec
+    assert renewed is not None
+    assert released is not None
+    assert renewed["preferredHolder"] == preferred == released["preferredHolder"]
+    # Once released, the named identity takes it at once (nobody else does).
+    assert state.acquire(released, OTHER, 15, T1, expired=False).token == (
+        4 if preferred in (None, "", OTHER, 7) else None
+    )
+
+
+@pytest.mark.parametrize(
+    ("transitions", "token"),
+    [
+        (0, 1),
+        (2**31 - 2, 2**31 - 1),
+        (2**31 - 1, 0),  # the int32 maximum wraps to 0, as a recreated Lease starts
+        (2**40, 0),  # beyond int32 (written by hand): read as the maximum
+        (-5, 1),  # negative (refused by the server, but untrusted): read as 0
+    ],
+)
+def test_lease_transitions_wrap_at_the_int32_maximum(transitions: int, token: int) -> None:
+    assert state.MAX_TRANSITIONS == 2**31 - 1
+    for holder, expired in ((None, False), (OTHER, True), (ME, False)):
+        out = state.acquire(spec_of(holder, transitions), ME, 15, T1, expired=expired)
+        assert out.token == token
+        assert out.spec is not None
+        assert out.spec["leaseTransitions"] == token
+        assert -(2**31) <= out.spec["leaseTransitions"] <= 2**31 - 1

@@ -21,7 +21,7 @@ async def test_unrenewable_permit_cancels_the_body_and_exit_raises(
 ) -> None:
     ns = fresh_namespace(kube_crds)
     host, port = kube_crds.server.removeprefix("https://").rsplit(":", 1)
-    proxy = await TcpProxy(host, int(port)).start()
+    proxy = TcpProxy(host, int(port)).start()
     cfg = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
     store = KubernetesStore(ns, kubeconfig=cfg, retry_deadline=0.5, request_timeout=2)
     other = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
@@ -32,8 +32,7 @@ async def test_unrenewable_permit_cancels_the_body_and_exit_raises(
             loop = asyncio.get_running_loop()
             with pytest.raises(SemaphoreLost) as info:
                 async with client.semaphore("fragile", permits=1, ttl=2) as permit:
-                    proxy.refusing = True
-                    proxy.sever()  # the API server is now unreachable for this holder
+                    proxy.reset()  # the API server is now unreachable for this holder
                     cut = loop.time()
                     try:
                         await asyncio.sleep(30)
@@ -50,6 +49,6 @@ async def test_unrenewable_permit_cancels_the_body_and_exit_raises(
             # Another client gets the permit once the stale holder expires for it.
             async with rival.semaphore("fragile", ttl=2, timeout=30) as p2:
                 assert p2.token > permit.token
-            proxy.refusing = False
+            proxy.pass_through()
     finally:
-        await proxy.close()
+        proxy.close()
