@@ -253,7 +253,8 @@ class Hub:
                             else dataclasses.replace(view, spec=new)
                         )
             except CorruptState:
-                if reread:
+                budget = remaining()
+                if reread or budget <= 0:
                     raise
                 # The cached object may predate a repair, and no watch may be open
                 # to bring it up to date: decide once more on a fresh read.

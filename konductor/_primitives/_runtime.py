@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from konductor._errors import InvalidArgument
+from konductor._limits import MAX_IDENTITY
 from konductor._primitives._clock import Clock
 from konductor._primitives._hub import Entries, Hub
 from konductor._primitives._renewal import Renewer
@@ -21,6 +23,13 @@ class Runtime:
     """Shared state of one client (one per process and event loop)."""
 
     def __init__(self, store: Store, clock: Clock, identity: str) -> None:
+        """Raises: InvalidArgument: ``identity`` is not a string of 1 to 253 characters
+        (it goes into every entry this client writes, and the schema bounds it)."""
+        if not isinstance(identity, str) or not 1 <= len(identity) <= MAX_IDENTITY:
+            raise InvalidArgument(
+                f"identity must be a string of 1 to {MAX_IDENTITY} characters, got "
+                f"{identity!r:.80}; the default (pod name + pid + random suffix) always fits"
+            )
         self.store = store
         self.clock = clock
         self.identity = identity

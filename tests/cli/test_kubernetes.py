@@ -75,18 +75,24 @@ def test_install_applies_crds_and_rbac_and_is_idempotent(kube_crds: Any) -> None
     assert {r["kind"]: r["action"] for r in fixed["applied"]}["Role"] == "configured"
     # The service account may now do what konductor does, in this namespace only.
     sa = f"system:serviceaccount:{ns}:konductor"
-    for verb, resource in [
-        ("update", "semaphores.konductor.io/status"),
+    for verb, resource, *sub in [
+        ("update", "semaphores.konductor.io", "--subresource=status"),
         ("watch", "leases.coordination.k8s.io"),
         ("get", "jobs.batch"),
     ]:
         eventually(  # RBAC changes reach the authorizer's cache shortly
-            lambda v=verb, r=resource: (
-                kubectl(kube_crds, "auth", "can-i", v, r, "-n", ns, f"--as={sa}").stdout.strip()
+            lambda v=verb, r=resource, sub=sub: (
+                kubectl(
+                    kube_crds, "auth", "can-i", v, r, *sub, "-n", ns, f"--as={sa}"
+                ).stdout.strip()
                 == "yes"
             ),
-            what=f"{sa} may {verb} {resource}",
+            what=f"{sa} may {verb} {resource} {' '.join(sub)}",
         )
+    # ...and no more: spec updates and deletes are for the admin Role.
+    for verb in ("update", "delete", "patch"):
+        denied = kubectl(kube_crds, "auth", "can-i", verb, "semaphores", "-n", ns, f"--as={sa}")
+        assert denied.stdout.strip() == "no", verb
     other = kubectl(kube_crds, "auth", "can-i", "get", "semaphores", "-n", "default", f"--as={sa}")
     assert other.stdout.strip() == "no"
 

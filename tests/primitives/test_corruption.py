@@ -251,8 +251,11 @@ async def test_clients_refuse_corrupt_state_admit_nobody_and_recover(
             witness.leave()
 
     waiting = asyncio.ensure_future(wait_for_permit())
-    await asyncio.sleep(0.3)
-    good = await backend.store.get(SEMAPHORE, "sem")
+    for _ in range(200):  # until the waiter's ticket is in the queue
+        good = await backend.store.get(SEMAPHORE, "sem")
+        if good.status["queue"]:
+            break
+        await asyncio.sleep(0.05)
     assert len(good.status["queue"]) == 1
     bad = copy.deepcopy(good.status)
     MALFORMED_QUEUED[case](bad)
@@ -410,3 +413,94 @@ async def test_a_corrupt_spec_is_refused_with_the_kubectl_edit_hint(
         assert permit.token > max(p.token for p in held)
     for p in held:
         await p.release()
+
+
+async def _start_barrier(c: Client) -> None:
+    await c.arrive_barrier("obj", 3)
+
+
+async def _start_waitgroup(c: Client) -> None:
+    await c.waitgroup_add("obj", 2)
+
+
+async def _start_mutex(c: Client) -> None:
+    await c.acquire_mutex("obj", ttl=10)
+
+
+async def _start_once(c: Client) -> asyncio.Future[Any]:
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    runner = asyncio.ensure_future(c.once("obj", slow, ttl=10))
+    await asyncio.wait_for(started.wait(), 5)
+    return runner
+
+
+# Per kind: how one client makes others wait, how they wait, and what is written.
+WAITING: dict[str, tuple[Kind, Any, Callable[[Client], Any], JSON]] = {
+    "barrier": (
+        BARRIER,
+        _start_barrier,
+        lambda c: c.arrive_and_wait("obj", 3, timeout=20),
+        {"arrived": [{"identity": 5}], "open": False},
+    ),
+    "barrier-open-garbage": (
+        BARRIER,
+        _start_barrier,
+        lambda c: c.wait_barrier("obj", timeout=20),
+        {"arrived": [], "open": "yes"},
+    ),
+    "waitgroup": (
+        WAITGROUP,
+        _start_waitgroup,
+        lambda c: c.waitgroup_wait("obj", timeout=20),
+        {"count": -5, "drains": 0, "ops": []},
+    ),
+    "mutex": (
+        MUTEX,
+        _start_mutex,
+        lambda c: c.acquire_mutex("obj", ttl=10, timeout=20),
+        {"holders": [{"holder": "h"}], "queue": []},
+    ),
+    "once": (
+        ONCE,
+        _start_once,
+        lambda c: c.once("obj", _async_noop, ttl=10, timeout=20),
+        {"state": "Bogus", "attempt": 1},
+    ),
+}
+
+
+async def _async_noop() -> None:
+    return None
+
+
+@pytest.mark.parametrize("case", sorted(WAITING))
+@pytest.mark.parametrize("backend", ["memory", "local"], indirect=True)
+async def test_waiters_of_every_kind_fail_clearly_and_idle_on_corrupt_state(
+    clients: Clients, backend: Backend, case: str
+) -> None:
+    kind, start, wait, bad = WAITING[case]
+    runner = await start(clients())
+    waiting = asyncio.ensure_future(wait(clients()))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    obj = await backend.store.get(kind, "obj")
+    cpu_before, wall_before = time.process_time(), time.monotonic()
+    with _schema_bypassed():
+        await backend.store.replace_status(kind, "obj", bad, version=obj.version)
+    with pytest.raises(CorruptState) as caught:
+        await asyncio.wait_for(waiting, 10)
+    assert caught.value.kind == kind.kind
+    assert caught.value.name == "obj"
+    assert caught.value.field.startswith("status.")
+    await asyncio.sleep(1.0)
+    cpu = time.process_time() - cpu_before
+    window = time.monotonic() - wall_before
+    assert cpu < 0.35 * window, f"{cpu:.2f}s of CPU in {window:.2f}s"
+    if runner is not None:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)

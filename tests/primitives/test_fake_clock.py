@@ -101,7 +101,15 @@ async def test_a_dead_waiter_does_not_block_the_queue() -> None:
     permit = await holder.acquire_semaphore("q", permits=1, ttl=10)
     # A waiter's process was killed: its queue ticket stays, and is never renewed.
     obj = await store.get(SEMAPHORE, "q")
-    ticket = {"id": "dead", "holder": "killed-pod", "count": 1, "ttlSeconds": 10, "renewals": 0}
+    ticket = {
+        "id": "dead",
+        "holder": "killed-pod",
+        "count": 1,
+        "mode": "exclusive",
+        "ttlSeconds": 10,
+        "renewals": 0,
+        "renewedAt": "2026-01-01T00:00:00.000000Z",
+    }
     status = {**obj.status, "queue": [ticket], "waiting": 1}
     await store.replace_status(SEMAPHORE, "q", status, version=obj.version)
     alive_wait = asyncio.ensure_future(alive.acquire_semaphore("q", ttl=10))

@@ -120,6 +120,19 @@ def _ops(client: Client) -> dict[str, Callable[..., Awaitable[Any]]]:
         ),
         "wait": lambda name, n, m, ttl, timeout, fn: client.wait_barrier(name, timeout=timeout),
         "gate": lambda name, n, m, ttl, timeout, fn: client.create_gate(name),
+        "wait_gate": lambda name, n, m, ttl, timeout, fn: client.wait_gate(name, timeout=timeout),
+        "read_lock": lambda name, n, m, ttl, timeout, fn: client.acquire_read_lock(
+            name, ttl=ttl, timeout=timeout
+        ),
+        "write_lock": lambda name, n, m, ttl, timeout, fn: client.acquire_write_lock(
+            name, ttl=ttl, timeout=timeout
+        ),
+        "waitgroup_wait": lambda name, n, m, ttl, timeout, fn: client.waitgroup_wait(
+            name, timeout=timeout
+        ),
+        "acquire_semaphore": lambda name, n, m, ttl, timeout, fn: client.acquire_semaphore(
+            name, permits=n, count=m, ttl=ttl, timeout=timeout
+        ),
     }
 
 
@@ -207,3 +220,11 @@ def test_public_api_on_the_api_server(kube_crds: Any) -> None:
         asyncio.run(run())
 
     check()
+
+
+@pytest.mark.parametrize("identity", ["x" * 254, 5, b"bytes"])
+def test_an_identity_the_schema_would_refuse_is_refused_at_once(identity: Any) -> None:
+    store = MemoryStore()
+    with pytest.raises(InvalidArgument, match="identity"):
+        Client(store, identity=identity)
+    assert Client(store, identity="x" * 253).identity == "x" * 253

@@ -98,14 +98,14 @@ async def test_create_get_and_duplicate_create(backend: Backend) -> None:
 async def test_replace_with_stale_version_conflicts(backend: Backend) -> None:
     store = backend.store
     obj = await store.create(SEMAPHORE, "sem-b", {"permits": 1})
-    first = await store.replace_status(SEMAPHORE, "sem-b", {"holders": ["x"]}, version=obj.version)
+    first = await store.replace_status(SEMAPHORE, "sem-b", {"note": ["x"]}, version=obj.version)
     assert first.version != obj.version
     with pytest.raises(Conflict):
-        await store.replace_status(SEMAPHORE, "sem-b", {"holders": ["y"]}, version=obj.version)
+        await store.replace_status(SEMAPHORE, "sem-b", {"note": ["y"]}, version=obj.version)
     with pytest.raises(Conflict):
         await store.replace_spec(SEMAPHORE, "sem-b", {"permits": 9}, version=obj.version)
     now = await store.get(SEMAPHORE, "sem-b")
-    assert now.status == {"holders": ["x"]}
+    assert now.status == {"note": ["x"]}
     assert now.spec == {"permits": 1}
 
 
@@ -160,7 +160,9 @@ async def test_twenty_concurrent_cas_writers_lose_no_increment(backend: Backend)
 async def test_delete_with_and_without_precondition(backend: Backend) -> None:
     store = backend.store
     old = await store.create(BARRIER, "bar-a", {"expected": 2})
-    new = await store.replace_status(BARRIER, "bar-a", {"arrived": ["p1"]}, version=old.version)
+    new = await store.replace_status(
+        BARRIER, "bar-a", {"arrived": [{"identity": "p1"}]}, version=old.version
+    )
     with pytest.raises(Conflict):
         await store.delete(BARRIER, "bar-a", version=old.version)
     assert (await store.get(BARRIER, "bar-a")).version == new.version
