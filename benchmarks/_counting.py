@@ -9,7 +9,7 @@ writes. Nothing is changed about what the store does.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -76,9 +76,9 @@ class CountingStore(KubernetesStore):
         self._closed_requests += self.api_requests
         await super().close()
 
-    async def get(self, kind: Kind, name: str) -> StoredObject:
+    async def get(self, kind: Kind, name: str, *, timeout: float | None = None) -> StoredObject:
         self.calls["get"] += 1
-        return await super().get(kind, name)
+        return await super().get(kind, name, timeout=timeout)
 
     async def list(self, kind: Kind) -> ObjectList:
         self.calls["list"] += 1
@@ -89,18 +89,38 @@ class CountingStore(KubernetesStore):
         return await super().create(kind, name, spec)
 
     async def replace_status(
-        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         self.calls["replace_status"] += 1
         return await self._conflict_counted(
-            super().replace_status(kind, name, status, version=version)
+            super().replace_status(
+                kind, name, status, version=version, timeout=timeout, on_sent=on_sent
+            )
         )
 
     async def replace_spec(
-        self, kind: Kind, name: str, spec: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        spec: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         self.calls["replace_spec"] += 1
-        return await self._conflict_counted(super().replace_spec(kind, name, spec, version=version))
+        return await self._conflict_counted(
+            super().replace_spec(
+                kind, name, spec, version=version, timeout=timeout, on_sent=on_sent
+            )
+        )
 
     async def delete(self, kind: Kind, name: str, *, version: str | None = None) -> None:
         self.calls["delete"] += 1

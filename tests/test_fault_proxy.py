@@ -115,3 +115,21 @@ def test_delay_adds_latency(proxy: tuple[TcpProxy, Echo]) -> None:
         start = time.monotonic()
         assert _roundtrip(s, b"slow", 5) == b"slow"
         assert time.monotonic() - start >= 0.3 * 2  # each direction waits
+
+
+def test_stall_silences_open_connections_for_good_but_not_new_ones(
+    proxy: tuple[TcpProxy, Echo],
+) -> None:
+    p, echo = proxy
+    with _connect(p) as old:
+        assert _roundtrip(old, b"one", 5) == b"one"
+        p.stall()
+        with pytest.raises(TimeoutError):
+            _roundtrip(old, b"two", 0.5)
+        with _connect(p) as new:
+            assert _roundtrip(new, b"fresh", 5) == b"fresh"
+        p.pass_through()  # the stalled connection stays silent
+        with pytest.raises(TimeoutError):
+            old.settimeout(0.5)
+            old.recv(65536)
+        assert b"two" not in echo.received

@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -240,17 +240,33 @@ class KubeApi:
         *,
         query: list[tuple[str, str]] | None = None,
         body: JSON | None = None,
+        timeout: float | None = None,
     ) -> JSON:
-        """One request; raises the translated error on failure."""
-        resp = await self._send(method, path, query, body, self._timeout)
+        """One request, bounded as a whole (connect, send, answer, body) by ``timeout``.
+
+        Raises:
+            StoreUnavailable: the network failed, or no answer came within
+                ``timeout`` (a blackholed connection hangs, it does not fail).
+            StoreError: the translated error response.
+        """
+        limit = self._timeout if timeout is None else timeout
+        what = (
+            f"connection to the API server at {self.host} broke during {target.verb} "
+            f"{target.describe()}"
+        )
         try:
-            with _unavailable_on_network_error(
-                f"connection to the API server at {self.host} broke during {target.verb} "
-                f"{target.describe()}"
-            ):
-                raw = await resp.read()
-        finally:
-            resp.release()
+            async with asyncio.timeout(limit):
+                resp = await self._send(method, path, query, body, limit)
+                try:
+                    with _unavailable_on_network_error(what):
+                        raw = await resp.read()
+                finally:
+                    resp.release()
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"the API server at {self.host} did not answer {target.verb} "
+                f"{target.describe()} within {limit:.3g}s"
+            ) from exc
         if not 200 <= resp.status < 300:
             raise_for_status(resp.status, _status_body(raw), target, None)
         return _status_body(raw)
@@ -263,16 +279,51 @@ class KubeApi:
         *,
         query: list[tuple[str, str]] | None = None,
         body: JSON | None = None,
+        timeout: float | None = None,
+        on_attempt: Callable[[], None] | None = None,
     ) -> JSON:
-        """A request retried with jittered backoff while the error is retryable."""
+        """A request retried with jittered backoff while the error is retryable.
+
+        Without ``timeout``, each attempt may take ``request_timeout`` and new
+        attempts start until ``retry_deadline``. With it, the whole call,
+        retries included, ends within ``timeout`` seconds: no request outlives
+        the deadline it serves. ``on_attempt`` is called just before each
+        attempt is sent (a holder measures its deadline from the attempt that
+        succeeded).
+
+        Raises:
+            StoreUnavailable: still failing (or not answering) when time ran out.
+        """
         backoff = Backoff(initial=0.05, cap=2.0)
-        deadline = time.monotonic() + self._retry_deadline
+        start = time.monotonic()
+        if timeout is None:
+            end, retry_until = (
+                start + self._retry_deadline + self._timeout,
+                start + self._retry_deadline,
+            )
+        else:
+            end = retry_until = start + timeout
         while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise StoreUnavailable(
+                    f"cannot {target.verb} {target.describe()}: no time left to reach the API "
+                    f"server at {self.host}"
+                )
+            if on_attempt is not None:
+                on_attempt()
             try:
-                return await self.request_once(method, path, target, query=query, body=body)
+                return await self.request_once(
+                    method,
+                    path,
+                    target,
+                    query=query,
+                    body=body,
+                    timeout=min(self._timeout, remaining),
+                )
             except StoreUnavailable as exc:
                 delay = backoff.next_delay()
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + delay > retry_until:
                     raise
                 log.debug("retrying %s %s in %.2fs: %s", method, path, delay, exc)
                 await asyncio.sleep(delay)
@@ -288,7 +339,11 @@ class KubeApi:
         """
         import aiohttp
 
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout)
+        # Opening (connect and TLS handshake) and every silence on the stream are
+        # bounded: a blackholed watch fails instead of hanging.
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=10, sock_connect=10, sock_read=read_timeout
+        )
         resp = await self._send("GET", path, query, None, timeout)
         try:
             if not 200 <= resp.status < 300:

@@ -63,10 +63,23 @@ class Grant:
             raise self.lost_error(f"{self._describe()} was released")
 
     async def release(self) -> None:
-        """Give the grant back. Idempotent; never raises for a grant already gone."""
+        """Give the grant back. Idempotent; never raises for a grant already gone.
+
+        A lost grant holds nothing any more: its entry is removed in the
+        background, so that a store that does not answer (the likely reason it
+        was lost) cannot delay the caller, nor the ``LostError`` it is about to
+        raise.
+
+        Raises:
+            StoreUnavailable: a held grant's release could not be written in
+                time; its entry then expires for others after its TTL.
+        """
         if self.released:
             return
         self.released = True
+        if self.is_lost:
+            in_background(self._release(self._entry), self._describe())
+            return
         await self._release(self._entry)
 
     def __repr__(self) -> str:
@@ -74,6 +87,22 @@ class Grant:
 
 
 G = TypeVar("G", bound=Grant)
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def in_background(release: Awaitable[None], what: str) -> None:
+    """Run the clean-up of something lost without waiting for it (a strong reference is kept)."""
+
+    async def run() -> None:
+        try:
+            await release
+        except Exception as exc:
+            log.info("could not clean up lost %s (it expires after its TTL): %s", what, exc)
+
+    task = asyncio.ensure_future(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 class Guarded(Generic[G]):

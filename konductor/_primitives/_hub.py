@@ -8,6 +8,15 @@ and a write whose response carries the new version keeps the cache current
 Waiting is watch-driven: a waiter sleeps until the object changes or until
 the earliest moment an entry blocking it could become stale on this
 observer's clock, never on a fixed poll interval.
+
+Every request is bounded. A write carries a deadline (a renewal's is its
+holder's own deadline; others get :data:`WRITE_BUDGET`) and is never sent, nor
+retried, past it. A watch that fails for good (``Forbidden``, the CRD missing)
+ends and its error is raised to every waiter; one that only fails for now is
+reopened with backoff; one that has gone silent (a dead connection: a write
+of ours conflicted twice with versions the watch never delivered) is reopened
+at once. Waiters never depend on the watch for safety (every decision is a
+compare-and-swap), only for promptness.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from konductor._backoff import Backoff
-from konductor._errors import Conflict, NotFound, StoreUnavailable
+from konductor._errors import Conflict, KonductorError, NotFound, StoreUnavailable
 from konductor._primitives._clock import Clock
 from konductor._primitives._expiry import ExpiryTracker
 from konductor._store._base import JSON, Store, StoredObject, version_newer
@@ -28,15 +37,48 @@ from konductor._store._kinds import Kind
 log = logging.getLogger("konductor")
 T = TypeVar("T")
 WATCH_LINGER = 30.0  # seconds an unused watch stays open
+#: Seconds a write without a deadline of its own may take, retries included.
+WRITE_BUDGET = 30.0
+#: Seconds a write may outlive the deadline of the call it serves (so that a
+#: non-blocking try, whose deadline is now, can still be sent).
+WRITE_FLOOR = 2.0
+#: Seconds a write waits for the watch to deliver the version it conflicted with.
+CONFLICT_WAIT = 0.5
 
 Entries = Callable[[StoredObject], list[JSON]]
 
 
 @dataclasses.dataclass
+class Sends:
+    """When the writes carrying one update's change were sent (monotonic, the hub's clock).
+
+    A holder's deadline must count from a moment no later than the write that
+    made its entry what others now observe. ``committed`` is the attempt the
+    store confirmed (the only one of its write that landed: another that had
+    landed would have made it conflict). When no attempt was confirmed, one
+    may still have landed with its answer lost: ``first`` is the earliest that
+    can have happened.
+    """
+
+    first: float | None = None
+    committed: float | None = None
+
+    def sent(self, at: float) -> None:
+        if self.first is None:
+            self.first = at
+
+    @property
+    def landed_by(self) -> float | None:
+        """The latest safe "sent at" for the change: the confirmed attempt, else the first."""
+        return self.committed if self.committed is not None else self.first
+
+
+@dataclasses.dataclass
 class _Pending:
     decide: Callable[[StoredObject], tuple[JSON | None, Any]]
-    on_sent: Callable[[], None] | None
+    sends: Sends | None
     future: asyncio.Future[tuple[Any, StoredObject]]
+    deadline: float  # monotonic: never sent, nor retried, after this
 
 
 class Hub:
@@ -57,6 +99,11 @@ class Hub:
         self._pending: list[_Pending] = []
         self._linger: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._pause: asyncio.Future[None] | None = None  # the writer's backoff before a retry
+        self.watch_error: KonductorError | None = None  # why the watch ended for good
+        self._watch_misses = 0  # conflicts the watch did not explain in time, in a row
+        self.watch_restarts = 0  # silent watches reopened (for tests and metrics)
 
     # -- observation ------------------------------------------------------------------
 
@@ -69,6 +116,9 @@ class Hub:
                 return
             self.obj = obj
             self.tracker.observe(self._entries(obj), self.clock.monotonic())
+        self._notify()
+
+    def _notify(self) -> None:
         self.changes += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -77,10 +127,10 @@ class Hub:
         """Ids of ``obj``'s entries this observer has seen unchanged for their full TTL."""
         return self.tracker.stale(self._entries(obj), self.clock.monotonic())
 
-    async def refresh(self) -> StoredObject | None:
+    async def refresh(self, *, timeout: float | None = None) -> StoredObject | None:
         """Read the object from the store (``None`` if it does not exist)."""
         try:
-            obj = await self.store.get(self.kind, self.name)
+            obj = await self.store.get(self.kind, self.name, timeout=timeout)
         except NotFound:
             self.observe(None, deleted=True)
             return None
@@ -96,15 +146,19 @@ class Hub:
         self,
         decide: Callable[[StoredObject], tuple[JSON | None, T]],
         *,
-        on_sent: Callable[[], None] | None = None,
+        sends: Sends | None = None,
+        deadline: float | None = None,
     ) -> tuple[T, StoredObject]:
         """Apply ``decide`` to the latest state until the write wins the CAS.
 
         ``decide`` returns the new status (the new spec for a kind without a
         status, such as a Lease; ``None`` for no write) and a result; it is
-        re-run on the fresh object after every conflict. ``on_sent`` is called
-        just before each write carrying its change is sent (holders measure
-        their deadline from that moment).
+        re-run on the fresh object after every conflict. ``sends`` records when
+        the attempts carrying its change were sent (holders measure their
+        deadline from the attempt that succeeded).
+        ``deadline`` (monotonic, on the hub's clock) bounds the whole update:
+        no attempt is sent after it and none outlives it; without one the
+        update may take :data:`WRITE_BUDGET` seconds.
 
         Updates from tasks of this process are *combined*: one writer task
         applies every pending ``decide`` in arrival order, each to the state the
@@ -114,11 +168,15 @@ class Hub:
 
         Raises:
             NotFound: the object does not exist.
+            StoreUnavailable: the store could not be reached before the deadline
+                (the write may or may not have been applied).
         """
         future: asyncio.Future[tuple[Any, StoredObject]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._pending.append(_Pending(decide, on_sent, future))
+        if deadline is None:
+            deadline = self.clock.monotonic() + WRITE_BUDGET
+        self._pending.append(_Pending(decide, sends, future, deadline))
         if self._writer is None or self._writer.done():
             # A task of its own, so that a caller's cancellation never aborts the
             # write others are waiting for.
@@ -127,10 +185,30 @@ class Hub:
         return result, obj
 
     async def _write_pending(self) -> None:
+        backoff = Backoff(initial=0.05, cap=1.0)
         while self._pending:
             batch, self._pending = self._pending, []
             try:
                 await self._write_batch(batch)
+                backoff.reset()
+            except StoreUnavailable as exc:
+                # Those whose time is up fail; the others, whose write was cut
+                # short by an earlier deadline in the batch, go round again.
+                now = self.clock.monotonic()
+                retry = [
+                    item
+                    for item in batch
+                    if item.deadline > now and not item.future.done() and not self._closing
+                ]
+                for item in batch:
+                    if item not in retry and not item.future.done():
+                        item.future.set_exception(exc)
+                if retry:
+                    self._pending[:0] = retry
+                    delay = min(backoff.next_delay(), min(i.deadline for i in retry) - now)
+                    self._pause = asyncio.ensure_future(self.clock.sleep(delay))
+                    await asyncio.wait({self._pause})  # close() may cut it short
+                    self._pause = None
             except BaseException as exc:
                 for item in batch:
                     if not item.future.done():
@@ -139,6 +217,13 @@ class Hub:
                     raise
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
+        def remaining() -> float:
+            return min(item.deadline for item in batch) - self.clock.monotonic()
+
+        if remaining() <= 0:
+            raise StoreUnavailable(
+                f"{self.kind} {self.name!r}: the write's deadline passed before it could be sent"
+            )
         obj = await self.current()
         write = self.store.replace_status if self.kind.has_status else self.store.replace_spec
         while True:
@@ -163,43 +248,77 @@ class Hub:
                 for item, result in zip(batch, results, strict=True):
                     item.future.set_result((result, obj))
                 return
-            for item in changed:
-                if item.on_sent is not None:
-                    item.on_sent()
+
+            attempt_at = self.clock.monotonic()
+
+            def sent(changed: list[_Pending] = changed) -> None:
+                nonlocal attempt_at
+                attempt_at = self.clock.monotonic()
+                for item in changed:
+                    if item.sends is not None:
+                        item.sends.sent(attempt_at)
+
             state = view.status if self.kind.has_status else view.spec
+            budget = remaining()
+            if budget <= 0:
+                raise StoreUnavailable(
+                    f"{self.kind} {self.name!r}: the write's deadline passed while it was retried"
+                )
             try:
-                written = await write(self.kind, self.name, state, version=obj.version)
+                written = await write(
+                    self.kind, self.name, state, version=obj.version, timeout=budget, on_sent=sent
+                )
             except Conflict:
-                obj = await self._after_conflict(obj)
+                obj = await self._after_conflict(obj, budget)
                 continue
             except NotFound:
                 self.observe(None, deleted=True)
                 raise
             self.observe(written)
+            for item in changed:
+                if item.sends is not None:
+                    item.sends.committed = attempt_at
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
                     item.future.set_result((result, written))
             return
 
-    async def _after_conflict(self, stale: StoredObject) -> StoredObject | None:
-        """The object after a lost CAS: from the open watch if it delivers soon, else read."""
+    async def _after_conflict(self, stale: StoredObject, budget: float) -> StoredObject | None:
+        """The object after a lost CAS: from the open watch if it delivers soon, else read.
+
+        A watch that twice in a row fails to deliver, in time, a version a
+        write of ours already conflicted with is taken for dead (its connection
+        silently gone) and reopened.
+        """
         if self._watch_task is not None and not self._watch_task.done():
             seen = self.changes
-            until = self.clock.monotonic() + 0.5
+            until = self.clock.monotonic() + min(CONFLICT_WAIT, budget)
             while self.clock.monotonic() < until:
                 if self.obj is not None and version_newer(self.obj.version, stale.version):
+                    self._watch_misses = 0
                     return self.obj
-                await self.wait_change(seen, until)
+                await self.wait_change(seen, until, raise_watch_error=False)
                 seen = self.changes
-        return await self.refresh()
+            self._watch_misses += 1
+            if self._watch_misses >= 2:
+                self._restart_watch()
+        return await self.refresh(timeout=max(0.001, budget - CONFLICT_WAIT))
 
     # -- waiting ----------------------------------------------------------------------
 
-    async def wait_change(self, seen_changes: int, until: float | None) -> None:
-        """Return once ``changes`` exceeds ``seen_changes`` or at monotonic ``until``."""
-        if self.changes > seen_changes:
-            return
-        await self.clock.wait(self._changed, until)
+    async def wait_change(
+        self, seen_changes: int, until: float | None, *, raise_watch_error: bool = True
+    ) -> None:
+        """Return once ``changes`` exceeds ``seen_changes`` or at monotonic ``until``.
+
+        Raises:
+            KonductorError: the watch ended for good (``Forbidden``,
+                ``CRDNotInstalled``, ...): waiting longer would wait forever.
+        """
+        if self.changes <= seen_changes:
+            await self.clock.wait(self._changed, until)
+        if raise_watch_error and self.watch_error is not None:
+            raise self.watch_error
 
     def retain_watch(self) -> None:
         """Keep a watch open while at least one waiter or holder needs it."""
@@ -208,7 +327,25 @@ class Hub:
             self._linger.cancel()
             self._linger = None
         if self._watch_task is None or self._watch_task.done():
-            self._watch_task = asyncio.ensure_future(self._watch())
+            self._start_watch()
+
+    def _start_watch(self) -> None:
+        self.watch_error = None
+        self._watch_misses = 0
+        self._watch_task = asyncio.ensure_future(self._watch())
+
+    def _restart_watch(self) -> None:
+        """Reopen a watch that has gone silent (its connection is presumed dead)."""
+        if self._watch_task is None or self._watch_task.done():
+            return
+        log.warning(
+            "watch of %s %r delivered nothing while the object changed; reopening it",
+            self.kind,
+            self.name,
+        )
+        self.watch_restarts += 1
+        self._watch_task.cancel()
+        self._start_watch()
 
     def release_watch(self) -> None:
         """Drop one use; the watch stays open for ``WATCH_LINGER`` seconds of idleness.
@@ -249,13 +386,31 @@ class Hub:
                         self.observe(ev.object, deleted=ev.type == "DELETED")
             except asyncio.CancelledError:
                 raise
-            except StoreUnavailable as exc:
+            except StoreUnavailable as exc:  # for now: reopen with backoff
                 log.warning("watch of %s %r failed: %s", self.kind, self.name, exc)
-            except Exception:  # keep waiters informed; they time out on their own
+            except KonductorError as exc:
+                # For good (Forbidden, CRDNotInstalled, Invalid...): every waiter
+                # gets the error instead of waiting forever on a watch that will
+                # never deliver.
+                log.warning("watch of %s %r failed: %s", self.kind, self.name, exc)
+                self.watch_error = exc
+                self._notify()
+                return
+            except Exception as exc:
                 log.exception("watch of %s %r failed", self.kind, self.name)
+                self.watch_error = KonductorError(
+                    f"watch of {self.kind} {self.name!r} failed: {type(exc).__name__}: {exc}"
+                )
+                self.watch_error.__cause__ = exc
+                self._notify()
+                return
             await asyncio.sleep(backoff.next_delay())
 
     async def close(self) -> None:
+        """Stop the watch; a write in flight ends, one waiting to be retried fails now."""
+        self._closing = True
+        if self._pause is not None:
+            self._pause.cancel()
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None

@@ -46,8 +46,8 @@ from konductor._primitives import _lease_state as state
 from konductor._primitives import _validate as check
 from konductor._primitives._clock import Clock, micro_time
 from konductor._primitives._grant import Grant, Guarded
-from konductor._primitives._hub import Hub
-from konductor._primitives._renewal import Entry
+from konductor._primitives._hub import Hub, Sends
+from konductor._primitives._renewal import OWN_DEADLINE, Entry, SendRecord
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import LEASE
@@ -171,13 +171,8 @@ class _LeaseSite:
                 f"lease {self.name!r}: not acquired within {timeout:g}s "
                 "(held by another task of this client)"
             )
-        sent_at = clock.monotonic()
+        track = SendRecord()  # when our writes of the record were sent
         written = False  # a grant write may have been applied
-
-        def sent() -> None:
-            nonlocal sent_at, written
-            sent_at = clock.monotonic()
-            written = True
 
         granted = watching = refreshed = False
         try:
@@ -185,8 +180,10 @@ class _LeaseSite:
                 seen = self.hub.changes
                 obj = await self.hub.current()
                 token: int | None
+                sends = Sends()
                 if obj is None:
-                    sent()
+                    sends.sent(clock.monotonic())
+                    written = True
                     try:
                         obj = await self.rt.store.create(
                             LEASE,
@@ -196,16 +193,32 @@ class _LeaseSite:
                     except AlreadyExists:
                         await self.hub.refresh()
                         continue
+                    except BaseException:
+                        track.record(sends, present=False)
+                        raise
+                    sends.committed = sends.first
                     self.hub.observe(obj)
                     token = 0
                 else:
                     try:
-                        token, obj = await self.hub.update(self._decide(), on_sent=sent)
+                        token, obj = await self.hub.update(self._decide(), sends=sends)
                     except NotFound:  # deleted meanwhile: create it
                         continue
+                    except BaseException:
+                        written = written or sends.first is not None
+                        track.record(sends, present=False)
+                        raise
+                    written = written or sends.first is not None
+                track.record(sends, present=token is not None)
                 if token is not None:
+                    if clock.monotonic() >= track.sent_at + OWN_DEADLINE * self.duration:
+                        # Ours, but too late to be trusted (others may judge the
+                        # record expired): clear it and campaign again.
+                        await asyncio.shield(self._clear(token))
+                        track = SendRecord()
+                        continue
                     granted = True
-                    return self._grant(owner, token, sent_at)
+                    return self._grant(owner, token, track.sent_at)
                 if not blocking:
                     if not refreshed and self.hub.changes == seen:
                         # Decided on a cached object that wrote nothing, so no CAS
@@ -256,6 +269,7 @@ class _LeaseSite:
                     f"spec.preferredHolder of Lease {name!r} names {preferred!r}: "
                     "yielding leadership to it, as client-go's coordinated leader election does"
                 )
+                self.rt.renewer.remove(entry)  # no more renewals of a grant given up
                 return None, set(ids)
             out = state.renew(spec, identity, token, duration, wall)
             return (out.spec, set()) if out.spec is not None else (None, set(ids))

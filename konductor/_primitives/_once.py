@@ -35,8 +35,9 @@ from konductor._names import validate_name
 from konductor._primitives import _once_state as state
 from konductor._primitives import _validate as check
 from konductor._primitives._clock import micro_time
-from konductor._primitives._hub import Hub
-from konductor._primitives._renewal import Entry
+from konductor._primitives._grant import in_background
+from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
+from konductor._primitives._renewal import NEVER, Entry
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import ONCE
@@ -129,9 +130,7 @@ class _Once:
         claim = state.Claim(uuid.uuid4().hex, self.rt.identity, self.ttl)
         entry = self._entry(claim.id)
         joined: int | None = None
-
-        def sent() -> None:
-            entry.sent_at = clock.monotonic()
+        backoff = Backoff(initial=0.1, cap=2.0)
 
         def decide(obj: StoredObject) -> tuple[JSON | None, state.Outcome]:
             stale = self.hub.stale(obj)
@@ -143,13 +142,34 @@ class _Once:
         try:
             while True:
                 seen = self.hub.changes
+                sends = Sends()
                 try:
-                    outcome, obj = await self.hub.update(decide, on_sent=sent)
+                    outcome, obj = await self.hub.update(decide, sends=sends)
                 except NotFound:  # deleted meanwhile (an ops reset): start afresh
                     await self.ensure()
                     continue
+                except StoreUnavailable as exc:  # ride it out, within the timeout
+                    entry.record(sends, present=False)
+                    now = clock.monotonic()
+                    if deadline is not None and now >= deadline:
+                        raise WaitTimeout(
+                            f"once {self.name!r}: the store was unreachable for {timeout:g}s"
+                        ) from exc
+                    delay = backoff.next_delay()
+                    log.warning("once %r: %s; trying again in %.2fs", self.name, exc, delay)
+                    await clock.sleep(delay if deadline is None else min(delay, deadline - now))
+                    continue
+                backoff.reset()
+                entry.record(sends, present=outcome.verdict == state.RUN)
                 if outcome.verdict == state.RUN:
-                    break
+                    if clock.monotonic() < entry.deadline:
+                        break
+                    # Ours, but too late to be trusted (others may judge the claim
+                    # expired): give it up and claim afresh.
+                    await asyncio.shield(self._abandon(claim.id))
+                    claim = state.Claim(uuid.uuid4().hex, self.rt.identity, self.ttl)
+                    entry = self._entry(claim.id)
+                    continue
                 if outcome.verdict == state.DONE:
                     return None
                 if outcome.verdict == state.FAILED:
@@ -199,7 +219,7 @@ class _Once:
             claim_id,
             self.ttl,
             renew,
-            sent_at=self.rt.clock.monotonic(),
+            sent_at=NEVER,  # until a write of it is confirmed
             drop=lambda: self._abandon(claim_id),
         )
 
@@ -243,9 +263,14 @@ class _Once:
             with contextlib.suppress(ValueError):
                 entry.on_lost.remove(on_lost)
             self.rt.renewer.remove(entry)
-            if not recorded:  # cancelled, lost or unrecordable: let another caller run it
+            if not recorded and entry.lost_reason is not None:
+                # Lost (the store is likely out of reach): clean up in the
+                # background, so that the OnceLost is not delayed.
+                in_background(self._abandon(claim.id), f"once {self.name!r} claim")
+            elif not recorded:  # cancelled or unrecordable: let another caller run it
+                deadline = max(entry.deadline, self.rt.clock.monotonic() + WRITE_FLOOR)
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._abandon(claim.id))
+                    await asyncio.shield(self._abandon(claim.id, deadline))
 
     async def _record(
         self, claim: state.Claim, entry: Entry, attempt: int, error: str | None
@@ -288,12 +313,12 @@ class _Once:
         if verdict == state.REVOKED:
             raise self._lost(attempt, "the claim was taken over or the once was reset")
 
-    async def _abandon(self, claim_id: str) -> None:
+    async def _abandon(self, claim_id: str, deadline: float | None = None) -> None:
         def decide(obj: StoredObject) -> tuple[JSON | None, None]:
             return state.abandon(obj.status, claim_id).status, None
 
         with contextlib.suppress(NotFound):
-            await self.hub.update(decide)
+            await self.hub.update(decide, deadline=deadline)
 
     # -- inspection and reset ---------------------------------------------------------
 

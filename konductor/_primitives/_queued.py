@@ -12,22 +12,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from konductor._errors import AcquireTimeout, AlreadyExists, NotFound
+from konductor._backoff import Backoff
+from konductor._errors import AcquireTimeout, AlreadyExists, NotFound, StoreUnavailable
 from konductor._primitives import _queue_state as state
 from konductor._primitives._clock import micro_time
 from konductor._primitives._grant import Grant
-from konductor._primitives._hub import Hub, entries_of
-from konductor._primitives._renewal import Entry
+from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends, entries_of
+from konductor._primitives._renewal import NEVER, Entry
 from konductor._primitives._runtime import Runtime
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import Kind
 
 ENTRIES = entries_of("holders", "queue")
 G = TypeVar("G", bound=Grant)
+log = logging.getLogger("konductor")
+
+
+class _Again:
+    """An attempt that was withdrawn: the acquisition starts again with a new ticket."""
 
 
 class Queued(Generic[G]):
@@ -110,7 +117,7 @@ class Queued(Generic[G]):
             req_id,
             self.ttl,
             renew,
-            sent_at=self.rt.clock.monotonic(),
+            sent_at=NEVER,  # until a write of it is confirmed
             drop=lambda: self._remove(req_id),
         )
 
@@ -123,30 +130,81 @@ class Queued(Generic[G]):
     async def acquire(self, timeout: float | None, *, blocking: bool = True) -> G | None:
         """Wait (watch-driven) for the grant; ``None`` for a failed non-blocking try.
 
+        A waiter rides out a store that is unreachable for a while (it keeps
+        trying, with backoff, within ``timeout``). A request whose ticket or
+        grant could not be kept alive (its own deadline passed, as when the
+        store was unreachable) is never handed to the caller: it is withdrawn
+        and the request starts again with a new ticket.
+
         Raises:
             AcquireTimeout: not granted within ``timeout``; nothing is left behind.
             NotFound: the object is missing and cannot be created.
+            StoreUnavailable: a non-blocking try could not reach the store.
         """
         await self.ensure()
         clock = self.rt.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
+        while True:
+            outcome = await self._attempt(timeout, deadline, blocking)
+            if not isinstance(outcome, _Again):
+                return outcome
+
+    def _timed_out(self, timeout: float | None, obj: StoredObject | None) -> AcquireTimeout:
+        why = f"({self._describe(obj)})" if obj is not None else "(the store was unreachable)"
+        return AcquireTimeout(f"{self.noun} {self.name!r}: not granted within {timeout:g}s {why}")
+
+    async def _attempt(
+        self, timeout: float | None, deadline: float | None, blocking: bool
+    ) -> G | _Again | None:
+        clock = self.rt.clock
         req = state.Request(uuid.uuid4().hex, self.rt.identity, self.count, self.ttl, self.mode)
         entry = self._entry(req.id)
-
-        def sent() -> None:
-            entry.sent_at = clock.monotonic()
-
+        backoff = Backoff(initial=0.1, cap=2.0)
         registered = watching = refreshed = False
+        obj: StoredObject | None = self.hub.obj
         try:
             while True:
                 seen = self.hub.changes
-                grant, obj = await self.hub.update(self._decide(req, blocking), on_sent=sent)
+                sends = Sends()
+                # A write never outlives the caller's deadline by more than WRITE_FLOOR.
+                write_by = (
+                    None if deadline is None else max(deadline, clock.monotonic() + WRITE_FLOOR)
+                )
+                try:
+                    grant, obj = await self.hub.update(
+                        self._decide(req, blocking), sends=sends, deadline=write_by
+                    )
+                except StoreUnavailable as exc:
+                    entry.record(sends, present=False)
+                    if not blocking:
+                        raise
+                    now = clock.monotonic()
+                    if deadline is not None and now >= deadline:
+                        raise self._timed_out(timeout, None) from exc
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "%s %r: the store is unreachable (%s); trying again in %.2fs",
+                        self.noun,
+                        self.name,
+                        exc,
+                        delay,
+                    )
+                    await clock.sleep(delay if deadline is None else min(delay, deadline - now))
+                    continue
+                backoff.reset()
+                entry.record(sends, present=any(e.get("id") == req.id for e in ENTRIES(obj)))
                 if grant is not None:
-                    if entry.lost_reason is not None:  # the ticket's entry, lost meanwhile
-                        sent_at = entry.sent_at
-                        entry = self._entry(req.id)
-                        entry.sent_at = sent_at
-                        registered = False
+                    if entry.lost_reason is not None or clock.monotonic() >= entry.deadline:
+                        # Granted, but too late to be trusted: others may already
+                        # judge the entry expired. Withdraw it and start again.
+                        log.info(
+                            "%s %r: a grant arrived after its holder's own deadline; "
+                            "withdrawing it and queueing again",
+                            self.noun,
+                            self.name,
+                        )
+                        await self._withdraw(entry, req.id)
+                        return _Again()
                     if not registered:
                         self.rt.renewer.add(entry)
                     # Holders watch too: their cache stays current, so the
@@ -161,6 +219,11 @@ class Queued(Generic[G]):
                         await self.hub.refresh()
                         continue
                     return None
+                if entry.lost_reason is not None:
+                    # Our ticket was not renewed in time (the store was out of
+                    # reach): others may judge it expired. Queue again afresh.
+                    await self._withdraw(entry, req.id)
+                    return _Again()
                 if not registered:  # our queue ticket is renewed while we wait
                     self.rt.renewer.add(entry)
                     registered = True
@@ -169,10 +232,7 @@ class Queued(Generic[G]):
                     watching = True
                 now = clock.monotonic()
                 if deadline is not None and now >= deadline:
-                    raise AcquireTimeout(
-                        f"{self.noun} {self.name!r}: not granted within {timeout:g}s "
-                        f"({self._describe(obj)})"
-                    )
+                    raise self._timed_out(timeout, obj)
                 wake = min(
                     (
                         self.hub.tracker.expires_at(e)
@@ -182,9 +242,7 @@ class Queued(Generic[G]):
                 )
                 if deadline is not None:
                     wake = min(wake, deadline)
-                if entry.lost_reason is not None:  # our ticket was dropped: queue again
-                    entry = self._entry(req.id)
-                    self.rt.renewer.add(entry)
+                wake = min(wake, entry.deadline)  # a lost ticket is replaced at once
                 await self.hub.wait_change(seen, None if wake == float("inf") else wake)
         except BaseException:
             self.rt.renewer.remove(entry)
@@ -198,17 +256,30 @@ class Queued(Generic[G]):
             if watching:
                 self.hub.release_watch()
 
-    async def _remove(self, req_id: str) -> None:
+    async def _withdraw(self, entry: Entry, req_id: str) -> None:
+        """Stop renewing ``req_id`` and remove it from the store (best effort, shielded)."""
+        self.rt.renewer.remove(entry)
+        try:
+            await asyncio.shield(self._remove(req_id))
+        except StoreUnavailable as exc:
+            log.info("could not withdraw %s (it expires after its TTL): %s", req_id, exc)
+
+    async def _remove(self, req_id: str, deadline: float | None = None) -> None:
         def decide(obj: StoredObject) -> tuple[JSON | None, None]:
             stale = self.hub.stale(obj)
             return state.release(obj.status, obj.spec, {req_id}, stale, self.policy).status, None
 
         with contextlib.suppress(NotFound):
-            await self.hub.update(decide)
+            await self.hub.update(decide, deadline=deadline)
 
     async def release(self, entry: Entry) -> None:
+        """Remove the grant; waits no longer than the grant's own deadline (or WRITE_FLOOR).
+
+        Past that deadline others reclaim the entry anyway, after its TTL.
+        """
         self.rt.renewer.remove(entry)
+        deadline = max(entry.deadline, self.rt.clock.monotonic() + WRITE_FLOOR)
         try:
-            await self._remove(entry.id)
+            await self._remove(entry.id, deadline)
         finally:
             self.hub.release_watch()

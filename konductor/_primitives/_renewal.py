@@ -3,11 +3,18 @@
 Each registered entry is renewed at about a third of its TTL (with jitter, so
 that holders that started together do not renew together); entries on the
 same object are renewed in one write. A holder's own deadline is measured from
-when it *sent* its last successful renewal: if that passes without another
-success, the grant is lost: its ``lost`` event is set and its callbacks run
-(the guarded block is cancelled). A renewal that finds the entry gone (taken
-away after being judged stale) loses it at once. Failures back off but retry
-well within the deadline.
+when it *sent* the attempt of its last successful renewal: if that passes
+without another success, the grant is lost: its ``lost`` event is set and its
+callbacks run (the guarded block is cancelled).
+
+The deadline is enforced by this loop's own timer, never by the outcome of a
+request: renewals run as tasks of their own, so a renewal that hangs (a
+blackholed connection answers nothing) cannot delay the loss, and each
+renewal's request is bounded by the time left to the earliest deadline it
+serves. A renewal that finds the entry gone (taken away after being judged
+stale) loses it at once; one whose answer arrives after the deadline changes
+nothing (the grant stays lost). Failures back off but retry well within the
+deadline.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import dataclass, field
 
 from konductor._errors import KonductorError
 from konductor._primitives._clock import Clock, micro_time
-from konductor._primitives._hub import Hub
+from konductor._primitives._hub import Hub, Sends
 from konductor._store._base import JSON, StoredObject
 
 log = logging.getLogger("konductor")
@@ -34,18 +41,53 @@ log = logging.getLogger("konductor")
 #: RenewDeadline < LeaseDuration).
 OWN_DEADLINE = 0.9
 
+#: ``sent_at`` of an entry no write of which was confirmed yet: its deadline has passed.
+NEVER = float("-inf")
+
 RenewFn = Callable[[JSON, set[str], str], tuple[JSON | None, set[str]]]
 
 
+@dataclass(kw_only=True, eq=False)
+class SendRecord:
+    """When a holder's entry was last written, as far as its owner can prove it.
+
+    ``sent_at`` is the monotonic time the last *confirmed* write of the entry
+    was sent; the holder's deadline counts from it.
+    """
+
+    sent_at: float = NEVER
+    #: The earliest attempt, since the last confirmed write, that may have landed
+    #: with its answer lost.
+    unconfirmed: float | None = None
+
+    def record(self, sends: Sends, *, present: bool) -> None:
+        """Move ``sent_at`` after an update whose writes carried this entry.
+
+        Only a confirmed attempt moves it forward: an unconfirmed one may not
+        have landed, and others then still judge the entry by an older write.
+        ``present`` says the entry is now in the store; if no write of it was
+        ever confirmed, one of its own unconfirmed attempts put it there, none
+        earlier than :attr:`unconfirmed`.
+        """
+        if sends.committed is not None:
+            self.sent_at = max(self.sent_at, sends.committed)
+            self.unconfirmed = None
+        elif sends.first is not None and (
+            self.unconfirmed is None or sends.first < self.unconfirmed
+        ):
+            self.unconfirmed = sends.first
+        if present and self.sent_at == NEVER and self.unconfirmed is not None:
+            self.sent_at = self.unconfirmed
+
+
 @dataclass(eq=False)
-class Entry:
+class Entry(SendRecord):
     """Something this process keeps alive in an object's status by renewing it."""
 
     hub: Hub
     id: str
     ttl: float
     renew: RenewFn
-    sent_at: float  # monotonic time the last successful write of this entry was sent
     lost_reason: str | None = None
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     on_lost: list[Callable[[str], None]] = field(default_factory=list)
@@ -83,6 +125,7 @@ class Renewer:
         self._entries: set[Entry] = set()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._inflight: dict[Hub, asyncio.Task[None]] = {}  # one renewal per object at a time
         self.renewals = 0  # successful renewal writes, for tests and metrics
 
     def add(self, entry: Entry) -> None:
@@ -99,6 +142,9 @@ class Renewer:
     def abandon(self) -> None:
         """Stop renewing and forget every entry without removing it (a simulated crash)."""
         self._entries.clear()
+        for task in self._inflight.values():
+            task.cancel()
+        self._inflight.clear()
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -106,6 +152,10 @@ class Renewer:
     async def close(self) -> None:
         """Stop renewing, and remove from the store every entry still registered."""
         entries, self._entries = list(self._entries), set()
+        inflight, self._inflight = list(self._inflight.values()), {}
+        for task in inflight:
+            task.cancel()
+        await asyncio.gather(*inflight, return_exceptions=True)
         for entry in entries:
             if entry.drop is not None:
                 try:
@@ -121,23 +171,39 @@ class Renewer:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
+    def _expire(self, now: float) -> None:
+        for entry in [e for e in self._entries if now >= e.deadline]:
+            entry.mark_lost(
+                f"not renewed within its TTL of {entry.ttl:g}s (its own deadline, "
+                f"{OWN_DEADLINE:.0%} of the TTL after the last successful renewal was sent, "
+                "passed: the store was unreachable, or did not answer, for that long)"
+            )
+            self._entries.discard(entry)
+
     async def _run(self) -> None:
         while self._entries:
             now = self._clock.monotonic()
-            for entry in [e for e in self._entries if now >= e.deadline]:
-                entry.mark_lost(
-                    f"not renewed within its TTL of {entry.ttl:g}s (the store was unreachable "
-                    "or too slow)"
-                )
-                self._entries.discard(entry)
-            due = [e for e in self._entries if e.next_at <= now]
-            if due:
-                await self._renew(due)
-                continue
+            self._expire(now)
+            busy = {hub for hub, task in self._inflight.items() if not task.done()}
+            due: dict[Hub, list[Entry]] = defaultdict(list)
+            for e in self._entries:
+                if e.next_at <= now and e.hub not in busy:
+                    due[e.hub].append(e)
+            for hub, entries in due.items():
+                task = asyncio.ensure_future(self._renew_hub(hub, entries))
+                task.add_done_callback(lambda _t: self._wake.set())
+                self._inflight[hub] = task
+                busy.add(hub)
+            for hub in [h for h, t in self._inflight.items() if t.done()]:
+                del self._inflight[hub]
             if not self._entries:
                 break
+            # Wake for the next renewal due (entries whose object has one in
+            # flight wait for it to end, which sets _wake) and, whatever the
+            # requests are doing, for the earliest deadline.
             wake_at = min(
-                min(e.next_at for e in self._entries), *(e.deadline for e in self._entries)
+                [e.next_at for e in self._entries if e.hub not in busy]
+                + [e.deadline for e in self._entries]
             )
             self._wake.clear()
             sleeper = asyncio.ensure_future(self._clock.sleep(wake_at - now))
@@ -148,20 +214,10 @@ class Renewer:
                 sleeper.cancel()
                 waker.cancel()
 
-    async def _renew(self, due: list[Entry]) -> None:
-        by_hub: dict[Hub, list[Entry]] = defaultdict(list)
-        for e in due:
-            by_hub[e.hub].append(e)
-        await asyncio.gather(*(self._renew_hub(hub, entries) for hub, entries in by_hub.items()))
-
     async def _renew_hub(self, hub: Hub, entries: list[Entry]) -> None:
         ids = {e.id for e in entries}
         renew = entries[0].renew
-        sent = self._clock.monotonic()
-
-        def mark_sent() -> None:
-            nonlocal sent
-            sent = self._clock.monotonic()
+        sends = Sends()
 
         def decide(obj: StoredObject) -> tuple[JSON | None, set[str]]:
             # A kind without a status (a Lease) keeps its state in its spec.
@@ -169,8 +225,12 @@ class Renewer:
             return renew(state, ids, micro_time(self._clock.wall()))
 
         try:
-            missing, _ = await hub.update(decide, on_sent=mark_sent)
+            missing, _ = await hub.update(
+                decide, sends=sends, deadline=min(e.deadline for e in entries)
+            )
         except Exception as exc:
+            for e in entries:
+                e.record(sends, present=False)
             if isinstance(exc, KonductorError):
                 log.warning("renewal of %s %r failed: %s", hub.kind, hub.name, exc)
             else:
@@ -183,6 +243,8 @@ class Renewer:
         self.renewals += 1
         now = self._clock.monotonic()
         for e in entries:
+            if e.lost_reason is not None or e not in self._entries:
+                continue  # lost at its deadline meanwhile, or released: a late answer
             if e.id in missing:
                 e.mark_lost(
                     f"its entry was removed from {hub.kind} {hub.name!r} "
@@ -190,6 +252,6 @@ class Renewer:
                 )
                 self._entries.discard(e)
             else:
-                e.sent_at = sent
+                e.record(sends, present=True)
                 e.failures = 0
                 e.schedule(now)

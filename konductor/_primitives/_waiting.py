@@ -41,11 +41,15 @@ async def wait_any(seen: Sequence[tuple[Hub, int]], until: float | None) -> None
         return
     tasks = [asyncio.ensure_future(hub.wait_change(count, until)) for hub, count in seen]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:  # a watch that ended for good: waiting longer would wait forever
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
 
 
 async def watch_until(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import copy
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -92,8 +92,8 @@ class Store(abc.ABC):
     namespace: str
 
     @abc.abstractmethod
-    async def get(self, kind: Kind, name: str) -> StoredObject:
-        """Read one object.
+    async def get(self, kind: Kind, name: str, *, timeout: float | None = None) -> StoredObject:
+        """Read one object, within ``timeout`` seconds (``None``: the store's own bound).
 
         Raises:
             NotFound: no object of that kind and name.
@@ -111,9 +111,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def replace_status(
-        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         """Write the status if the object is still at ``version``.
+
+        The call, retries included, ends within ``timeout`` seconds (``None``:
+        the store's own bound). ``on_sent`` is called just before each attempt
+        is sent, so that a holder can measure its deadline from the attempt
+        that succeeded.
 
         Raises:
             Conflict: the object changed since ``version``.
@@ -123,12 +135,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def replace_spec(
-        self, kind: Kind, name: str, spec: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        spec: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         """Write the spec if the object is still at ``version``; the status is kept.
 
         So is the metadata others own (labels, annotations, finalizers, owner
         references): a spec write changes nothing but the spec.
+        ``timeout`` and ``on_sent`` as for :meth:`replace_status`.
 
         Raises:
             Conflict: the object changed since ``version``.

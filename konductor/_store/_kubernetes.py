@@ -8,10 +8,11 @@ server's 409 Conflict, the compare-and-swap every primitive is built on.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,6 +31,8 @@ from konductor._store._kinds import Kind
 from konductor._store._watch import Bookmark, RawEvent
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "konductor"}
+#: Seconds of silence past a watch's own ``timeoutSeconds`` that mark its connection dead.
+WATCH_MARGIN = 10
 
 #: The metadata others own, which a spec write (a PUT of the whole object) must
 #: send back unchanged, or the API server would delete it.
@@ -79,7 +82,7 @@ class KubernetesStore(Store):
         api_client: Any = None,
         request_timeout: float = 30.0,
         retry_deadline: float = 15.0,
-        watch_timeout: tuple[int, int] = (240, 360),
+        watch_timeout: tuple[int, int] = (40, 60),
     ) -> None:
         from konductor._kube import _config
 
@@ -157,11 +160,14 @@ class KubernetesStore(Store):
 
     # -- Store ---------------------------------------------------------------------------
 
-    async def get(self, kind: Kind, name: str) -> StoredObject:
+    async def get(self, kind: Kind, name: str, *, timeout: float | None = None) -> StoredObject:
         validate_name(name)
         api = await self._connect()
         raw = await api.request(
-            "GET", f"{self._collection(kind)}/{name}", self._target("get", kind, name)
+            "GET",
+            f"{self._collection(kind)}/{name}",
+            self._target("get", kind, name),
+            timeout=timeout,
         )
         return self._seen(kind, raw)
 
@@ -194,7 +200,9 @@ class KubernetesStore(Store):
                     self._kept.popitem(last=False)
         return obj
 
-    async def _kept_metadata(self, kind: Kind, name: str, version: str) -> JSON:
+    async def _kept_metadata(
+        self, kind: Kind, name: str, version: str, timeout: float | None
+    ) -> JSON:
         """Labels, annotations, finalizers and owner references of ``name`` at ``version``.
 
         Exact when this store has seen ``version`` (its response, a list or a
@@ -203,7 +211,7 @@ class KubernetesStore(Store):
         """
         known = self._kept.get((kind.resource, name))
         if known is None or version_newer(version, known[0]):
-            await self.get(kind, name)
+            await self.get(kind, name, timeout=timeout)
             known = self._kept.get((kind.resource, name))
         return copy_json(known[1]) if known is not None else {}
 
@@ -219,7 +227,14 @@ class KubernetesStore(Store):
         }
 
     async def replace_status(
-        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         validate_name(name)
         if not kind.has_status:
@@ -230,21 +245,35 @@ class KubernetesStore(Store):
             f"{self._collection(kind)}/{name}/status",
             self._target("update", kind, name),
             body=self._update_body(kind, name, version, status=status),
+            timeout=timeout,
+            on_attempt=on_sent,
         )
         return self._seen(kind, raw)
 
     async def replace_spec(
-        self, kind: Kind, name: str, spec: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        spec: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         validate_name(name)
         api = await self._connect()
         # A PUT replaces the whole object: send back what others own.
-        metadata = await self._kept_metadata(kind, name, version)
+        started = asyncio.get_running_loop().time()
+        metadata = await self._kept_metadata(kind, name, version, timeout)
+        if timeout is not None:  # the whole write is bounded, a read for metadata included
+            timeout = max(0.0, timeout - (asyncio.get_running_loop().time() - started))
         raw = await api.request(
             "PUT",
             f"{self._collection(kind)}/{name}",
             self._target("update", kind, name),
             body=self._update_body(kind, name, version, metadata, spec=spec),
+            timeout=timeout,
+            on_attempt=on_sent,
         )
         return self._seen(kind, raw)
 
@@ -284,8 +313,10 @@ class KubernetesStore(Store):
         if name is not None:
             query.append(("fieldSelector", f"metadata.name={name}"))
         target = self._target("watch", kind, name)
+        # The server ends a quiet watch after timeoutSeconds; a stream silent for
+        # longer than that (plus a margin) is a dead connection, not a quiet object.
         async with api.stream(
-            self._collection(kind), target, query, read_timeout=server_timeout + 30
+            self._collection(kind), target, query, read_timeout=server_timeout + WATCH_MARGIN
         ) as lines:
 
             async def events() -> AsyncIterator[RawEvent]:

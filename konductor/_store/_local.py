@@ -460,7 +460,7 @@ class LocalStore(Store):
 
     # -- the protocol ---------------------------------------------------------------------
 
-    async def get(self, kind: Kind, name: str) -> StoredObject:
+    async def get(self, kind: Kind, name: str, *, timeout: float | None = None) -> StoredObject:
         validate_name(name)
         return await self._run(self._calls, lambda conn: self._existing(conn, kind, name))
 
@@ -510,17 +510,35 @@ class LocalStore(Store):
         return await self._write(write)
 
     async def replace_status(
-        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         if not kind.has_status:
             raise InvalidArgument(f"{kind} has no status; write its spec instead")
         validate_name(name)
+        if on_sent is not None:
+            on_sent()
         return await self._replace(kind, name, version, spec=None, status=_dumps(status, "status"))
 
     async def replace_spec(
-        self, kind: Kind, name: str, spec: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        spec: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         validate_name(name)
+        if on_sent is not None:
+            on_sent()
         return await self._replace(kind, name, version, spec=_dumps(spec, "spec"), status=None)
 
     async def delete(self, kind: Kind, name: str, *, version: str | None = None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -82,7 +82,7 @@ class MemoryStore(Store):
         except KeyError:
             raise NotFound(f"{kind} {name!r} not found in namespace {self.namespace!r}") from None
 
-    async def get(self, kind: Kind, name: str) -> StoredObject:
+    async def get(self, kind: Kind, name: str, *, timeout: float | None = None) -> StoredObject:
         await self._round_trip()
         return _copy(self._existing(kind, name))
 
@@ -113,18 +113,36 @@ class MemoryStore(Store):
         return _copy(obj)
 
     async def replace_status(
-        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         if not kind.has_status:
             raise InvalidArgument(f"{kind} has no status; write its spec instead")
+        if on_sent is not None:
+            on_sent()
         await self._round_trip()
         current = self._existing(kind, name)
         self._check_version(current, version)
         return await self._replace(current, status=copy_json(status))
 
     async def replace_spec(
-        self, kind: Kind, name: str, spec: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        spec: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
+        if on_sent is not None:
+            on_sent()
         await self._round_trip()
         current = self._existing(kind, name)
         self._check_version(current, version)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,25 +43,43 @@ class Outage(Store):
         if self.down:
             raise StoreUnavailable("simulated outage of this client")
 
-    async def get(self, kind: Kind, name: str) -> StoredObject:
+    async def get(self, kind: Kind, name: str, *, timeout: float | None = None) -> StoredObject:
         self._call("get")
-        return await self.inner.get(kind, name)
+        return await self.inner.get(kind, name, timeout=timeout)
 
     async def create(self, kind: Kind, name: str, spec: Mapping[str, Any]) -> StoredObject:
         self._call("create")
         return await self.inner.create(kind, name, spec)
 
     async def replace_status(
-        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         self._call("replace_status")
-        return await self.inner.replace_status(kind, name, status, version=version)
+        return await self.inner.replace_status(
+            kind, name, status, version=version, timeout=timeout, on_sent=on_sent
+        )
 
     async def replace_spec(
-        self, kind: Kind, name: str, spec: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        spec: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         self._call("replace_spec")
-        return await self.inner.replace_spec(kind, name, spec, version=version)
+        return await self.inner.replace_spec(
+            kind, name, spec, version=version, timeout=timeout, on_sent=on_sent
+        )
 
     async def delete(self, kind: Kind, name: str, *, version: str | None = None) -> None:
         self._call("delete")

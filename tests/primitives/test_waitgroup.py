@@ -175,9 +175,18 @@ class LostResponseStore(MemoryStore):
     lose_next = False
 
     async def replace_status(
-        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
-        written = await super().replace_status(kind, name, status, version=version)
+        written = await super().replace_status(
+            kind, name, status, version=version, timeout=timeout, on_sent=on_sent
+        )
         if self.lose_next:
             self.lose_next = False
             raise Conflict("simulated: the retried write found the object changed")

@@ -139,7 +139,7 @@ async def test_watch_resumes_after_the_connection_breaks(
     kube_crds: Any, namespace: str, tmp_path: Path
 ) -> None:
     host, port = kube_crds.server.removeprefix("https://").rsplit(":", 1)
-    proxy = await TcpProxy(host, int(port)).start()
+    proxy = TcpProxy(host, int(port)).start()
     via_proxy = kubeconfig_via(
         kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path
     )
@@ -154,27 +154,26 @@ async def test_watch_resumes_after_the_connection_breaks(
                     SEMAPHORE, "broken", {"n": 1}, version=obj.version
                 )
                 assert [e.object.status for e in await events.take(1)] == [{"n": 1}]
-                proxy.refusing = True
-                proxy.sever()
+                proxy.reset()
                 # Changes made while the watcher cannot reach the server...
                 for i in (2, 3):
                     obj = await writer.replace_status(
                         SEMAPHORE, "broken", {"n": i}, version=obj.version
                     )
                 await asyncio.sleep(0.5)
-                proxy.refusing = False
+                proxy.pass_through()
                 # ...arrive once it can, in order, once each.
                 got = await events.take(2)
                 assert [e.object.status for e in got] == [{"n": 2}, {"n": 3}]
                 await events.assert_quiet(1.0)
             assert proxy.connections >= 2
     finally:
-        await proxy.close()
+        proxy.close()
 
 
 async def test_unreachable_server_raises_store_unavailable(kube_crds: Any, tmp_path: Path) -> None:
-    proxy = await TcpProxy("127.0.0.1", 9).start()  # nothing listens on the discard port
-    proxy.refusing = True
+    proxy = TcpProxy("127.0.0.1", 9).start()  # nothing listens on the discard port
+    proxy.reset()
     cfg = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
     try:
         async with KubernetesStore("default", kubeconfig=cfg, retry_deadline=0.5) as store:
@@ -184,7 +183,7 @@ async def test_unreachable_server_raises_store_unavailable(kube_crds: Any, tmp_p
             assert info.value.__cause__ is not None
             assert store.api_requests >= 2  # it retried before giving up
     finally:
-        await proxy.close()
+        proxy.close()
 
 
 def test_crd_manifests_cover_every_kind() -> None:

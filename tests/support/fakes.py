@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from konductor import StoreUnavailable
@@ -15,8 +15,17 @@ class FlakyStore(MemoryStore):
     down = False
 
     async def replace_status(
-        self, kind: Kind, name: str, status: Mapping[str, Any], *, version: str
+        self,
+        kind: Kind,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        version: str,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
         if self.down:
             raise StoreUnavailable("simulated outage")
-        return await super().replace_status(kind, name, status, version=version)
+        return await super().replace_status(
+            kind, name, status, version=version, timeout=timeout, on_sent=on_sent
+        )

@@ -18,6 +18,10 @@ client works:
 ``reset``
     abort every open connection and refuse new ones (accepted, then aborted at once): requests fail
     fast.
+``stall``
+    the connections open now go silent for good (a NAT or conntrack entry dropped: the peer never
+    hears of it), while new connections pass: a client that keeps using an old connection (a
+    watch, a pooled keep-alive) hangs on it.
 
 The proxy runs its own event loop on a daemon thread, so it keeps working while the test's own
 loop (or thread) is blocked, and its methods are plain synchronous calls usable from sync and async
@@ -32,7 +36,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
 
-Mode = Literal["pass", "blackhole", "half_open", "delay", "reset"]
+Mode = Literal["pass", "blackhole", "half_open", "delay", "reset", "stall"]
 T = TypeVar("T")
 
 
@@ -46,11 +50,10 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.BaseTransport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        # Loop-bound only on first use (Python 3.10+), so made here and used on the thread.
-        self._upstream_open = asyncio.Event()  # client -> server may flow
-        self._downstream_open = asyncio.Event()  # server -> client may flow
-        self._upstream_open.set()
-        self._downstream_open.set()
+        # What new connections may do (client -> server, server -> client), and the
+        # same switches of each open connection, which the modes flip.
+        self._upstream = self._downstream = True
+        self._flows: set[tuple[asyncio.Event, asyncio.Event]] = set()
         self._delay = 0.0
         self.mode: Mode = "pass"
         self.port = 0
@@ -115,21 +118,17 @@ class TcpProxy:
         self._set_mode("reset", upstream=True, downstream=True)
         self._call(self._abort())
 
-    # Older names, kept for the tests written against the first version.
-    def sever(self) -> None:
-        """Abort every open connection (new ones are still accepted unless resetting)."""
-        self._call(self._abort())
+    def stall(self) -> None:
+        """Silence the open connections for good; new connections pass."""
 
-    @property
-    def refusing(self) -> bool:
-        return self.mode == "reset"
+        def apply() -> None:
+            for up, down in self._flows:
+                up.clear()
+                down.clear()
+            self._flows.clear()  # never switched on again
 
-    @refusing.setter
-    def refusing(self, value: bool) -> None:
-        if value:
-            self.reset()
-        else:
-            self.pass_through()
+        self._call(self._run_soon(apply))
+        self._set_mode("stall", upstream=True, downstream=True)
 
     def _set_mode(self, mode: Mode, *, upstream: bool, downstream: bool) -> None:
         if mode != "delay":
@@ -137,12 +136,13 @@ class TcpProxy:
 
         def apply() -> None:
             self.mode = mode
-            pairs = ((self._upstream_open, upstream), (self._downstream_open, downstream))
-            for event, flowing in pairs:
-                if flowing:
-                    event.set()
-                else:
-                    event.clear()
+            self._upstream, self._downstream = upstream, downstream
+            for flow in self._flows:
+                for event, flowing in zip(flow, (upstream, downstream), strict=True):
+                    if flowing:
+                        event.set()
+                    else:
+                        event.clear()
 
         self._call(self._run_soon(apply))
 
@@ -192,22 +192,30 @@ class TcpProxy:
             return
         self.connections += 1
         self._transports.add(writer.transport)
+        up_open, down_open = asyncio.Event(), asyncio.Event()
+        if self._upstream:
+            up_open.set()
+        if self._downstream:
+            down_open.set()
+        flow = (up_open, down_open)
+        self._flows.add(flow)
         try:
             # A blackhole also swallows connection attempts: connect upstream only once the
             # client's bytes may flow.
-            await self._upstream_open.wait()
+            await up_open.wait()
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except (OSError, asyncio.CancelledError):
             writer.transport.abort()
             self._transports.discard(writer.transport)
+            self._flows.discard(flow)
             return
         if writer.transport not in self._transports:  # reset while connecting
             up_writer.transport.abort()
             return
         self._transports.add(up_writer.transport)
         tasks = [
-            asyncio.ensure_future(self._pipe(reader, up_writer, self._upstream_open)),
-            asyncio.ensure_future(self._pipe(up_reader, writer, self._downstream_open)),
+            asyncio.ensure_future(self._pipe(reader, up_writer, up_open)),
+            asyncio.ensure_future(self._pipe(up_reader, writer, down_open)),
         ]
         for t in tasks:
             self._tasks.add(t)
@@ -215,3 +223,4 @@ class TcpProxy:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._transports.discard(writer.transport)
         self._transports.discard(up_writer.transport)
+        self._flows.discard(flow)
