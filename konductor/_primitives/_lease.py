@@ -269,6 +269,7 @@ class _LeaseSite:
                     f"spec.preferredHolder of Lease {name!r} names {preferred!r}: "
                     "yielding leadership to it, as client-go's coordinated leader election does"
                 )
+                self.rt.renewer.remove(entry)  # no more renewals of a grant given up
                 return None, set(ids)
             out = state.renew(spec, identity, token, duration, wall)
             return (out.spec, set()) if out.spec is not None else (None, set(ids))
