@@ -281,7 +281,7 @@ print(asyncio.run(export()), asyncio.run(reindex()), asyncio.run(lead()),
 
 
 def _run_script(env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **env_extra, "PYTHONDEVMODE": "1"}
+    env = {**os.environ, **env_extra, "PYTHONWARNINGS": "default"}
     return subprocess.run(
         [sys.executable, "-c", SCRIPT_ALL_DECORATORS],
         env=env,
