@@ -29,6 +29,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from konductor._errors import InvalidArgument, KonductorError, WaitTimeout
 from konductor.cli import _barrier, _install, _lease, _once, _semaphore, _status
@@ -43,7 +44,15 @@ from konductor.cli._common import (
 )
 from konductor.cli._options import Handler
 
-__all__ = ("EXIT_ERROR", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "build_parser", "main")
+__all__ = (
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "build_parser",
+    "console",
+    "main",
+)
 
 EPILOG = """\
 exit codes:
@@ -181,16 +190,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{leaf.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     args.command = command or []
+    session = Session(args)
     with _logging(args.verbose):
         try:
-            return asyncio.run(_run(args))
+            return asyncio.run(_run(session))
         except KeyboardInterrupt:  # a signal before the handlers were installed
             return 130
+        finally:
+            session.restore_signals(ignore=_exiting)
 
 
-async def _run(args: argparse.Namespace) -> int:
-    session = Session(args)
+#: Set by :func:`console`: the process exits right after :func:`main` returns.
+_exiting = False
+
+
+def console() -> NoReturn:
+    """The ``konductor`` console script: :func:`main`, then exit with its code.
+
+    A stop signal that arrives after the command finished, while the
+    interpreter shuts down, is ignored: the exit code is the one the command
+    decided (see :meth:`Session.restore_signals`).
+    """
+    global _exiting
+    _exiting = True
+    sys.exit(main())
+
+
+async def _run(session: Session) -> int:
     session.install_signal_handlers()
+    code = EXIT_ERROR  # if something unexpected escapes
+    try:
+        code = await _outcome(session)
+        return code
+    finally:
+        session.finish_signals(code)
+
+
+async def _outcome(session: Session) -> int:
+    args = session.args
     leaf: argparse.ArgumentParser = args.parser
     try:
         try:
@@ -215,5 +252,3 @@ async def _run(args: argparse.Namespace) -> int:
     except KonductorError as exc:
         session.error(str(exc))
         return EXIT_ERROR
-    finally:
-        session.remove_signal_handlers()
