@@ -27,6 +27,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
@@ -62,6 +64,7 @@ exit codes:
   3    timeout: --timeout passed before the wait ended
   N    `... run`: the command's own exit code (127: not found, 126: not executable)
   128+N  stopped by signal N before finishing (130: Ctrl-C); what was held is released
+  141    the reader of the output went away (`konductor status | head -1`)
 
 See docs/cli.md for every command.
 """
@@ -252,3 +255,16 @@ async def _outcome(session: Session) -> int:
     except KonductorError as exc:
         session.error(str(exc))
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader of our output went away (``konductor status | head -1``):
+        # stop quietly, as a command killed by SIGPIPE would, and keep the
+        # interpreter's final flush of stdout from failing again.
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
+
+
+def _silence_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

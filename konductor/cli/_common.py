@@ -245,9 +245,14 @@ class Session:
             UsageError: ``--store`` names no known store, or ``--kubeconfig`` /
                 ``--context`` was combined with a store that is not Kubernetes.
             ConfigurationError: nothing is configured (see docs/client.md).
+            StoreNotFound: a read-only command (get, list, status) names a local
+                store file that does not exist; it is not created.
         """
         if self._store is None:
-            self._store = build_store(self.args)
+            store = build_store(self.args)
+            if getattr(self.args, "read_only", False):
+                _check_exists(store)
+            self._store = store
         return self._store
 
     def client(self) -> Client:
@@ -519,6 +524,21 @@ async def follow(
 
 
 # -- store selection ------------------------------------------------------------------
+
+
+class StoreNotFound(KonductorError):
+    """A read-only command was pointed at a local store that does not exist."""
+
+
+def _check_exists(store: Store) -> None:
+    from konductor._store._local import LocalStore
+
+    if isinstance(store, LocalStore) and not store.path.exists():
+        raise StoreNotFound(
+            f"the local store {store.path} does not exist, so there is nothing to show; check "
+            "the path in --store / KONDUCTOR_STORE (a command that writes, such as "
+            "`semaphore create`, creates it)"
+        )
 
 
 def build_store(args: argparse.Namespace) -> Store:
