@@ -33,6 +33,7 @@ import yaml
 
 from konductor._client import Client
 from konductor._errors import ConfigurationError, KonductorError, NotFound
+from konductor._names import validate_name
 from konductor._primitives._grant import Grant
 from konductor._store._base import Store, StoredObject
 from konductor._store._kinds import Kind
@@ -251,6 +252,9 @@ class Session:
         if self._store is None:
             store = build_store(self.args)
             if getattr(self.args, "read_only", False):
+                name = getattr(self.args, "name", None)
+                if isinstance(name, str):
+                    validate_name(name)  # a bad name is a usage error, whatever the store
                 _check_exists(store)
             self._store = store
         return self._store
