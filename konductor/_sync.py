@@ -484,6 +484,12 @@ class SyncClient:
     def waitgroup_status(self, name: str) -> WaitGroupInfo:
         return self._call(lambda: self._async().waitgroup_status(name))
 
+    # -- any primitive ----------------------------------------------------------------
+
+    def delete(self, kind: str, name: str) -> None:
+        """Delete the object of primitive ``kind`` named ``name`` (see ``Client.delete``)."""
+        self._call(lambda: self._async().delete(kind, name))
+
     # -- lifecycle --------------------------------------------------------------------
 
     def close(self, timeout: float | None = None) -> None:

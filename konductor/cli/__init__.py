@@ -9,6 +9,7 @@
     konductor gate open|close|wait|status
     konductor once run|status|reset
     konductor status
+    konductor delete KIND NAME [--yes]
 
 Global options (before or after the command): ``-n/--namespace``,
 ``--kubeconfig``, ``--context``, ``--store kubernetes|memory|local[:PATH]``,
@@ -34,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from konductor._errors import InvalidArgument, KonductorError, WaitTimeout
-from konductor.cli import _barrier, _install, _lease, _once, _semaphore, _status
+from konductor.cli import _barrier, _delete, _install, _lease, _once, _semaphore, _status
 from konductor.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     _install.register(groups, parent)
     _status.register(groups, parent)
+    _delete.register(groups, parent)
     _semaphore.register(groups, parent)
     _barrier.register(groups, parent)
     _lease.register(groups, parent)

@@ -476,6 +476,11 @@ class Session:
         self.say(f"released {what} {grant.name!r} (token {grant.token})")
         return EXIT_OK
 
+    @property
+    def interactive(self) -> bool:
+        """Whether a person can answer a question: stdin and stderr are terminals."""
+        return _isatty(sys.stdin) and _isatty(self.err)
+
     # -- progress -------------------------------------------------------------------
 
     async def watching(
@@ -525,6 +530,31 @@ async def follow(
                     progress.show(render(None if event.type == "DELETED" else event.object))
         except KonductorError:
             await asyncio.sleep(2.0)
+
+
+async def confirm(s: Session, question: str) -> bool:
+    """Ask ``question`` on the terminal; true for an answer starting with ``y``.
+
+    Reads stdin without a thread (a reader on the loop), so a stop signal
+    cancels the question at once.
+    """
+    s.progress.clear()
+    s.err.write(question)
+    s.err.flush()
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        if not answer.done():
+            answer.set_result(os.read(fd, 1024).decode(errors="replace"))
+
+    loop.add_reader(fd, readable)
+    try:
+        text = await answer
+    finally:
+        loop.remove_reader(fd)
+    return text.strip().lower().startswith("y")
 
 
 # -- store selection ------------------------------------------------------------------
