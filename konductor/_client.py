@@ -110,7 +110,7 @@ class Client(
                 f"kind={kind!r} is not a konductor primitive; use one of: "
                 + ", ".join(PRIMITIVE_KINDS)
             )
-        await self.store.delete(found, validate_name(name))
+        await self._rt.store.delete(found, validate_name(name))
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from typing import Generic, TypeVar
 from konductor._backoff import Backoff
 from konductor._client import Client
 from konductor._errors import (
+    ClientClosed,
     ConfigurationError,
     InvalidArgument,
     KonductorError,
@@ -261,7 +262,10 @@ class SyncClient:
     def _ensure(self) -> _Portal:
         with self._lock:
             if self._closed:
-                raise KonductorError("this SyncClient is closed")
+                raise ClientClosed(
+                    "this SyncClient is closed; call its methods inside its `with` block, "
+                    "or create a new one"
+                )
             if self._portal is None:
                 portal = _Portal()
 

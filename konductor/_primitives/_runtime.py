@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from konductor._errors import ClientClosed
 from konductor._primitives._clock import Clock
 from konductor._primitives._hub import Entries, Hub
 from konductor._primitives._renewal import Renewer
@@ -21,13 +22,33 @@ class Runtime:
     """Shared state of one client (one per process and event loop)."""
 
     def __init__(self, store: Store, clock: Clock, identity: str) -> None:
-        self.store = store
+        self._store = store
         self.clock = clock
         self.identity = identity
         self.renewer = Renewer(clock)
         self._hubs: dict[tuple[Kind, str], Hub] = {}
+        self.closed = False
+
+    @property
+    def store(self) -> Store:
+        """The client's store; every primitive reaches it through here.
+
+        Raises:
+            ClientClosed: the client was closed (a mistake in the caller, not
+                an outage of the store).
+        """
+        self.check_open()
+        return self._store
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ClientClosed(
+                f"this konductor client (identity {self.identity!r}) is closed; call its "
+                "methods inside its `async with` / `with` block, or create a new client"
+            )
 
     def hub(self, kind: Kind, name: str, entries: Entries) -> Hub:
+        self.check_open()
         key = (kind, name)
         if key not in self._hubs:
             self._hubs[key] = Hub(self.store, kind, name, self.clock, entries)
@@ -38,3 +59,4 @@ class Runtime:
         for hub in self._hubs.values():
             await hub.close()
         self._hubs.clear()
+        self.closed = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from konductor import Client, InvalidArgument, InvalidName, NotFound
@@ -53,3 +55,27 @@ async def test_delete_checks_its_arguments_before_any_call() -> None:
             await client.delete("semaphores", "x")
         with pytest.raises(InvalidName):
             await client.delete("semaphore", "Not_A_Name")
+
+
+async def test_a_closed_client_says_so_instead_of_blaming_the_store(tmp_path: Any) -> None:
+    # docs/gate.md once called open_gate after leaving `async with Client()`:
+    # the local store answered StoreUnavailable "is closed", which reads as an
+    # outage to retry. It is the caller's mistake, and says how to fix it.
+    from konductor import ClientClosed, LocalStore, StoreUnavailable, SyncClient
+
+    async with Client(LocalStore(tmp_path / "k.db")) as client:
+        await client.open_gate("g")
+    for call in (
+        lambda: client.open_gate("g"),
+        lambda: client.try_acquire_semaphore("s", 1),
+        lambda: client.arrive_barrier("b", 2),
+        lambda: client.delete("gate", "g"),
+        lambda: client.once_status("o"),
+    ):
+        with pytest.raises(ClientClosed, match="is closed; call its methods inside") as caught:
+            await call()
+        assert not isinstance(caught.value, StoreUnavailable)
+    with SyncClient(lambda: LocalStore(tmp_path / "k.db")) as sync:
+        sync.open_gate("g")
+    with pytest.raises(ClientClosed):
+        sync.open_gate("g")
