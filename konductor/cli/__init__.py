@@ -67,7 +67,9 @@ exit codes:
   128+N  stopped by signal N before finishing (130: Ctrl-C); what was held is released
   141    the reader of the output went away (`konductor status | head -1`)
 
-See docs/cli.md for every command.
+`konductor COMMAND --help` describes each command in full: what it does, its
+options and defaults. (The guide with examples, docs/cli.md, is part of
+konductor's source repository, not of the installed package.)
 """
 
 
