@@ -15,7 +15,8 @@ import types
 
 
 def main(path: str) -> None:
-    source = open(path).read()
+    with open(path) as f:
+        source = f.read()
     code = compile(source, path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     module = types.ModuleType("__main__")
     module.__file__ = path
