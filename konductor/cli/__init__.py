@@ -2,12 +2,15 @@
 
 ::
 
-    konductor install | manifests
+    konductor install | uninstall | manifests
     konductor semaphore create|get|list|delete|acquire|release|run
     konductor barrier arrive|wait|status
     konductor lease acquire|release|status|run
     konductor gate open|close|wait|status
     konductor once run|status|reset
+    konductor mutex acquire|run|status|release
+    konductor rwmutex acquire|run|status|release --mode read|write
+    konductor waitgroup add|done|wait|status
     konductor status
     konductor delete KIND NAME [--yes]
 
@@ -35,7 +38,16 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from konductor._errors import InvalidArgument, KonductorError, WaitTimeout
-from konductor.cli import _barrier, _delete, _install, _lease, _once, _semaphore, _status
+from konductor.cli import (
+    _barrier,
+    _delete,
+    _install,
+    _lease,
+    _locks,
+    _once,
+    _semaphore,
+    _status,
+)
 from konductor.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -141,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _barrier.register(groups, parent)
     _lease.register(groups, parent)
     _once.register(groups, parent)
+    _locks.register(groups, parent)
     return parser
 
 
