@@ -250,8 +250,14 @@ def _release_cmd(
     return release
 
 
-async def force_release(s: Session, kind: Kind, policy: qstate.Policy, noun: str) -> int:
-    """Remove the holders / waiters chosen by --holder, --id or --all, granting the next ones."""
+async def force_release(
+    s: Session, kind: Kind, policy: qstate.Policy, noun: str, *, show: str = "status"
+) -> int:
+    """Remove the holders / waiters chosen by --holder, --id or --all, granting the next ones.
+
+    Shared by ``semaphore release``, ``mutex release`` and ``rwmutex release``;
+    ``show`` names the command that lists the entries (for the error message).
+    """
     a = s.args
     store = s.store()
     while True:
@@ -270,7 +276,7 @@ async def force_release(s: Session, kind: Kind, policy: qstate.Policy, noun: str
             which = f"--holder {a.holder}" if a.holder is not None else f"--id {a.id}"
             raise NotFound(
                 f"no holder or waiter of {noun} {a.name!r} matches {which} "
-                f"(see `konductor {noun} status {a.name}`)"
+                f"(see `konductor {noun} {show} {a.name}`)"
             )
         out = qstate.release(obj.status, obj.spec, {str(e.id) for e in chosen}, (), policy)
         if out.status is None:
