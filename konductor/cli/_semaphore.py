@@ -22,6 +22,7 @@ from konductor.cli._common import (
     table,
 )
 from konductor.cli._describe import in_use, queue_entries, semaphore_state
+from konductor.cli._locks import force_release
 
 log = logging.getLogger("konductor.cli")
 
@@ -307,8 +308,6 @@ async def acquire(s: Session) -> int:
 
 
 async def release(s: Session) -> int:
-    from konductor.cli._locks import force_release
-
     return await force_release(s, SEMAPHORE, qstate.SEMAPHORE, "semaphore", show="get")
 
 
