@@ -34,6 +34,7 @@ _lock = threading.Lock()
 _async: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, tuple[Client, AsyncGenerator[None, None]]
 ] = weakref.WeakKeyDictionary()
+_retired: list[tuple[Client, AsyncGenerator[None, None]]] = []
 _sync: SyncClient | None = None
 
 
@@ -53,6 +54,9 @@ def configure(
     global _settings, _sync
     with _lock:
         _settings = _Settings(store, namespace, identity)
+        # Clients dropped here may still be in use by running coroutines: keep
+        # their closers alive, so each closes when its own loop shuts down.
+        _retired.extend(entry for _, entry in _async.items())
         _async.clear()
         old, _sync = _sync, None
     if old is not None:
@@ -82,6 +86,7 @@ async def _closer(client: Client) -> AsyncGenerator[None, None]:
             for loop, entry in list(_async.items()):
                 if entry[0] is client:
                     del _async[loop]
+            _retired[:] = [entry for entry in _retired if entry[0] is not client]
         with contextlib.suppress(Exception):
             await client.close()
 

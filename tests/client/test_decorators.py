@@ -318,3 +318,33 @@ def test_async_decorators_under_asyncio_run_close_their_kubernetes_sessions(
     assert done.stdout.split() == ["exported", "reindexed", "led", "migrated", "started"]
     assert "Unclosed" not in done.stderr, done.stderr
     assert done.stderr == ""
+
+
+def test_configure_does_not_close_a_client_that_a_running_coroutine_uses() -> None:
+    # configure() drops the default clients; one still in use on a running loop
+    # keeps working, and is closed when that loop shuts down.
+    seen: list[Client] = []
+
+    async def main() -> None:
+        client = default_client()
+        seen.append(client)
+        permit = await client.acquire_semaphore("in-use", 1)
+        configure(store=MemoryStore)
+        for _ in range(5):
+            await asyncio.sleep(0)  # let a (wrong) finalizer-driven close run, if any
+        import gc
+
+        gc.collect()
+        await asyncio.sleep(0.01)
+        assert not permit.is_lost
+        other = await client.try_acquire_semaphore("other", 1)  # the old client still works
+        assert other is not None
+        await other.release()
+        await permit.release()
+        assert default_client() is not client
+
+    asyncio.run(main())
+    from konductor import ClientClosed
+
+    with pytest.raises(ClientClosed):  # closed with its loop
+        asyncio.run(seen[0].try_acquire_semaphore("in-use", 1))
