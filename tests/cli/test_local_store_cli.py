@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from konductor import Client, LocalStore
+from konductor.cli import build_parser, main
 from tests.cli.support import ROOT, command, env, konductor
 
 
@@ -51,3 +55,25 @@ def test_output_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141  # 128 + SIGPIPE, as `yes | head -1` reports
     assert err == ""
+
+
+def _leaves(parser: argparse.ArgumentParser, path: list[str]) -> list[list[str]]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [path]
+    out = []
+    for name, child in subs[0].choices.items():
+        out += _leaves(child, [*path, name])
+    return out
+
+
+def test_every_command_has_help_that_needs_no_file(capsys: pytest.CaptureFixture[str]) -> None:
+    leaves = _leaves(build_parser(), [])
+    names = {" ".join(p) for p in leaves}
+    for expected in ("mutex run", "rwmutex acquire", "waitgroup wait", "delete", "uninstall"):
+        assert expected in names
+    for path in leaves:
+        assert main([*path, "--help"]) == 0, path
+        out = capsys.readouterr().out
+        assert "usage: konductor " + " ".join(path) in out
+        assert ".md" not in out, f"{path}: --help points to a file pip users do not have"
