@@ -37,3 +37,11 @@ def test_errors_read_as_konductor_names_in_tracebacks() -> None:
         text=True,
     )
     assert done.stderr.splitlines()[-1] == "konductor.AcquireTimeout: late"
+
+
+def test_the_errors_module_docstring_names_every_public_error() -> None:
+    from konductor import _errors
+
+    doc = _errors.__doc__ or ""
+    missing = [c.__name__ for c in public_errors() if c.__name__ not in doc]
+    assert missing == [], f"konductor/_errors.py's docstring tree lacks {missing}"
