@@ -52,6 +52,12 @@ def test_namespaces_are_labels() -> None:
         validate_namespace("a.b")
     with pytest.raises(InvalidName):
         validate_namespace("x" * 64)
+    # The message states the namespace rule, not the (longer) object-name rule.
+    with pytest.raises(InvalidName) as info:
+        validate_namespace("BadNS")
+    assert "(try 'badns')" in str(info.value)
+    assert "namespaces must be DNS-1123 labels" in str(info.value)
+    assert "subdomain" not in str(info.value)
 
 
 T = Target("get", "semaphores.konductor.io", "Semaphore", "ns", "s1")
