@@ -220,11 +220,24 @@ class Core:
             _close(item)
         return not reclaim
 
-    def created(self, record: ConnectionPoolEntry) -> None:
-        self._records.add(record)
-        if self.s.mode == "reserve":
-            with self._lock:
+    def created(self, record: ConnectionPoolEntry) -> bool:
+        """A connection was opened for a token: hand it out (True), or pay a debt (False).
+
+        A loss may have come while it was being opened: then it is closed at once.
+        """
+        with self._lock:
+            self._records.add(record)
+            reclaim = self.debt > 0
+            if reclaim:
+                self.debt -= 1
+                self.slots -= 1
+                self.in_use -= 1
+            else:
                 self._out.add(record)
+        if reclaim:
+            self._records.discard(record)
+            _close(record)
+        return not reclaim
 
     def unclaim_token(self) -> None:
         """Opening a connection for a token failed: the token goes back."""
