@@ -9,7 +9,8 @@ function's body is cancelled like an ``async with`` block; a sync one learns
 of the loss at its exit.
 
 The holder reaches the real API server through a fault proxy that is
-blackholed at a random moment while it holds. The witness is the test's own
+blackholed (or made half-open: requests arrive, answers never come back) at a
+random moment while it holds. The witness is the test's own
 monotonic clock, read outside konductor: when the holder first saw the loss,
 when a rival (a separate client with its own connection) was granted.
 """
@@ -96,9 +97,10 @@ def _wait_lost(grant: Any, limit: float = 30) -> float:
     raise AssertionError("the grant was never reported lost")
 
 
+@pytest.mark.parametrize("mode", ["blackhole", "half_open"])
 @pytest.mark.parametrize("kind", ["semaphore", "mutex"])
 def test_a_cut_off_sync_holder_reports_the_loss_before_a_rival_is_granted(
-    kube_crds: Any, tmp_path: Path, kind: str
+    kube_crds: Any, tmp_path: Path, kind: str, mode: str
 ) -> None:
     ns = fresh_namespace(kube_crds)
     proxy = _proxy_to(kube_crds)
@@ -122,7 +124,7 @@ def test_a_cut_off_sync_holder_reports_the_loss_before_a_rival_is_granted(
             acquire = "acquire_semaphore" if kind == "semaphore" else "acquire_mutex"
             with pytest.raises(lost_error) as info, hold() as grant:
                 _random_moment()
-                proxy.blackhole()
+                getattr(proxy, mode)()
                 seen["cut"] = time.monotonic()
                 rival = Rival(rc, acquire, name)
                 seen["lost"] = _wait_lost(grant)
@@ -130,7 +132,7 @@ def test_a_cut_off_sync_holder_reports_the_loss_before_a_rival_is_granted(
             seen["raised"] = time.monotonic()
             seen["rival"] = rival.join()
             print(
-                f"\nsync {kind} blackhole: cut->loss {seen['lost'] - seen['cut']:.3f}s, "
+                f"\nsync {kind} {mode}: cut->loss {seen['lost'] - seen['cut']:.3f}s, "
                 f"cut->rival granted {seen['rival'] - seen['cut']:.3f}s, "
                 f"exit raised in {seen['raised'] - seen['exit']:.3f}s"
             )
