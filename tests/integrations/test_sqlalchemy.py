@@ -321,6 +321,53 @@ def test_a_lost_reservation_is_logged_and_stops_new_connections(
         engine.close()
 
 
+@pytest.mark.kubernetes
+def test_a_lost_per_connection_permit_closes_its_connection_at_once(
+    kube_crds: Any, app: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="konductor.sqlalchemy")
+    ns = fresh_namespace(kube_crds)
+
+    def store() -> KubernetesStore:
+        return KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
+
+    engine = CoordinatedEngine(
+        SYNC_URL,
+        semaphore="lossy-pc",
+        max_connections=2,
+        mode="per_connection",
+        ttl=3,
+        store=store,
+        connect_args={"application_name": app},
+    )
+    try:
+        conn = engine.connect()
+        conn.execute(text("SELECT 1"))
+        assert pg_count(app) == 1
+
+        async def take_away() -> None:  # as if another client judged us expired
+            async with store() as s:
+                obj = await s.get(SEMAPHORE, "lossy-pc")
+                status = {**obj.status, "holders": [], "inUse": 0}
+                await s.replace_status(SEMAPHORE, "lossy-pc", status, version=obj.version)
+
+        asyncio.run(take_away())
+        # Closed while still checked out: not counted, so not kept open.
+        eventually(lambda: pg_count(app) == 0, what="the connection closed at once")
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert "lost the permit" in errors[0].message
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as info:
+            conn.execute(text("SELECT 1"))
+        assert info.value.connection_invalidated
+        conn.close()
+        with engine.connect() as again:  # a new checkout takes a new permit
+            assert again.execute(text("SELECT 2")).scalar() == 2
+        assert pg_count(app) == 0
+        assert engine.held == 0
+    finally:
+        engine.close()
+
+
 # --- asyncio -------------------------------------------------------------------------
 
 
