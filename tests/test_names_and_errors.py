@@ -92,6 +92,13 @@ def test_status_translation_uses_code_and_reason(
     assert info.value.status == code  # type: ignore[attr-defined]
 
 
+def test_forbidden_names_the_namespace_to_grant_the_role_in() -> None:
+    with pytest.raises(Forbidden) as info:
+        raise_for_status(403, status(403, "Forbidden"), T, None)
+    assert "konductor manifests --rbac --namespace ns |" in str(info.value)
+    assert "NAMESPACE" not in str(info.value)
+
+
 def test_invalid_names_each_field() -> None:
     body = status(
         422,
