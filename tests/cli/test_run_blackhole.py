@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from konductor._primitives._hub import WRITE_BUDGET, WRITE_FLOOR
+from konductor._primitives._hub import WRITE_FLOOR
 from tests.cli.support import Target, eventually, finish, kill_all
 from tests.store.conftest import kubeconfig_via
 from tests.support.tcpproxy import TcpProxy
@@ -114,10 +114,8 @@ def test_a_cut_off_run_stops_its_command_before_a_rival_runs(
         # The command got SIGTERM at the loss: on the holder's own clock.
         assert term_at - cut <= 0.9 * TTL + MARGIN
         # konductor itself exits once the command is gone and its last attempt to
-        # release has ended: bounded by WRITE_FLOOR on a hanging connection for a
-        # semaphore; a Lease's release is not bounded by its deadline yet and takes
-        # the default WRITE_BUDGET (a known defect of _lease.py, reported to the lead).
-        release_bound = WRITE_FLOOR if kind == "semaphore" else WRITE_BUDGET
+        # release has ended: bounded by WRITE_FLOOR on a hanging connection.
+        release_bound = WRITE_FLOOR
         if mode == "obey":
             # It stopped before the rival's command started.
             assert term_at < rival_at
