@@ -77,10 +77,9 @@ def _alive(pid: int) -> bool:
 def test_a_cut_off_run_stops_its_command_before_a_rival_runs(
     kube: Target, kube_crds: Any, tmp_path: Path, kind: str, mode: str
 ) -> None:
-    host, port = kube_crds.server.removeprefix("https://").rsplit(":", 1)
-    proxy = TcpProxy(host, int(port)).start()
+    proxy = TcpProxy.to(kube_crds.server)
     via = Target(
-        kubeconfig_via(kube.kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path),
+        kubeconfig_via(kube.kubeconfig, proxy.server, tmp_path),
         kube.namespace,
     )
     name = f"cut-{kind}"

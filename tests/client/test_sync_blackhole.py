@@ -47,11 +47,6 @@ TTL = 3
 MARGIN = 1.0
 
 
-def _proxy_to(kube: Any) -> TcpProxy:
-    host, port = kube.server.removeprefix("https://").rsplit(":", 1)
-    return TcpProxy(host, int(port)).start()
-
-
 def _random_moment() -> None:
     """Before, during or after a renewal (renewals run every ttl/3)."""
     time.sleep(random.uniform(0.0, TTL / 3 * 1.2))
@@ -103,8 +98,8 @@ def test_a_cut_off_sync_holder_reports_the_loss_before_a_rival_is_granted(
     kube_crds: Any, tmp_path: Path, kind: str, mode: str
 ) -> None:
     ns = fresh_namespace(kube_crds)
-    proxy = _proxy_to(kube_crds)
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    proxy = TcpProxy.to(kube_crds.server)
+    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     name = f"sbh-{kind}"
     lost_error = SemaphoreLost if kind == "semaphore" else MutexLost
     seen: dict[str, float] = {}
@@ -171,8 +166,8 @@ async def test_an_async_decorated_function_is_cancelled_before_a_rival_is_grante
     kube_crds: Any, tmp_path: Path
 ) -> None:
     ns = fresh_namespace(kube_crds)
-    proxy = _proxy_to(kube_crds)
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    proxy = TcpProxy.to(kube_crds.server)
+    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     direct = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
     seen: dict[str, float] = {}
     entered = asyncio.Event()
@@ -227,8 +222,8 @@ def test_a_sync_decorated_function_learns_of_the_loss_at_its_exit(
     kube_crds: Any, tmp_path: Path
 ) -> None:
     ns = fresh_namespace(kube_crds)
-    proxy = _proxy_to(kube_crds)
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    proxy = TcpProxy.to(kube_crds.server)
+    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     seen: dict[str, float] = {}
     try:
         with (
@@ -279,8 +274,8 @@ def test_a_cut_off_sync_once_runner_raises_before_another_caller_runs_it(
     cannot interrupt a thread); its result is discarded.
     """
     ns = fresh_namespace(kube_crds)
-    proxy = _proxy_to(kube_crds)
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    proxy = TcpProxy.to(kube_crds.server)
+    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     seen: dict[str, float] = {}
     release_first = threading.Event()
     try:

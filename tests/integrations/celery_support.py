@@ -27,7 +27,6 @@ from celery.result import AsyncResult
 
 from konductor.store import SEMAPHORE, KubernetesStore
 from tests.store.conftest import fresh_namespace
-from tests.support.tcpproxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integrations.celery_app"
@@ -191,28 +190,6 @@ class CeleryCluster:
         self.redis.delete(*keys)
         self.redis.close()
         self.client.close()
-
-
-class ProxyThread:
-    """A :class:`TcpProxy` to the API server (it runs on a thread of its own)."""
-
-    def __init__(self, server: str) -> None:
-        host, port = server.removeprefix("https://").rsplit(":", 1)
-        self.proxy = TcpProxy(host, int(port)).start()
-        self.port = self.proxy.port
-
-    def cut(self) -> None:
-        """Refuse new connections and abort the open ones: the API server is unreachable."""
-        self.proxy.reset()
-
-    def restore(self) -> None:
-        self.proxy.pass_through()
-
-    def __enter__(self) -> ProxyThread:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proxy.close()
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.integrations.celery_support import CeleryCluster, ProxyThread
+from tests.integrations.celery_support import CeleryCluster
 from tests.integrations.celery_support import celery_cluster as celery_cluster
 from tests.store.conftest import kubeconfig_via
+from tests.support.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.kubernetes
 
@@ -209,18 +210,18 @@ def test_gated_tasks_wait_out_a_store_outage(celery_cluster: CeleryCluster, tmp_
     # server is unreachable the gate cannot be decided: tasks are re-queued,
     # none runs ungated and none fails; once it is back, all complete.
     c = celery_cluster
-    with ProxyThread(c.kube.server) as proxy:
+    with TcpProxy.to(c.kube.server) as proxy:
         c.env["KT_STORE_FACTORY"] = "1"
         c.env["KT_STORE_KUBECONFIG"] = str(
-            kubeconfig_via(c.kube.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+            kubeconfig_via(c.kube.admin_kubeconfig, proxy.server, tmp_path)
         )
         c.start(count=2, concurrency=2)
-        proxy.cut()
+        proxy.reset()
         results = [c.send("gated", key=c.key, hold=0.2) for _ in range(4)]
         c.wait_for(lambda: c.count("state:RETRY") >= 8, "re-queues during the outage")
         assert c.count("total") == 0  # nothing ran without its permit
         assert all(r.state == "RETRY" for r in results)
-        proxy.restore()
+        proxy.pass_through()
         assert all(isinstance(c.get(r, timeout=180), int) for r in results)
     assert c.count("total") == 4
     assert c.count("max") <= 2
@@ -239,8 +240,8 @@ def test_a_blackholed_workers_task_loses_its_permit_before_a_rival_worker_gets_i
     c = celery_cluster
     ttl, margin = 3.0, 1.0
     rival_queue = f"{c.queue}-b"
-    with ProxyThread(c.kube.server) as proxy:
-        via = kubeconfig_via(c.kube.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    with TcpProxy.to(c.kube.server) as proxy:
+        via = kubeconfig_via(c.kube.admin_kubeconfig, proxy.server, tmp_path)
         c.start(
             count=1,
             concurrency=1,
@@ -250,7 +251,7 @@ def test_a_blackholed_workers_task_loses_its_permit_before_a_rival_worker_gets_i
         held = c.send("cut_off_holder", key=c.key)
         c.wait_for(lambda: c.redis.get(f"{c.key}:holder-in"), "the holder inside")
         time.sleep(random.uniform(0.0, ttl / 3 * 1.2))
-        proxy.proxy.blackhole()
+        proxy.blackhole()
         cut = time.time()
         rival = c.send_on(rival_queue, "cut_off_rival", key=c.key)
         rival_token = c.get(rival, timeout=60)
@@ -268,7 +269,7 @@ def test_a_blackholed_workers_task_loses_its_permit_before_a_rival_worker_gets_i
         assert lost < rival_in  # the holder knew before the rival was inside
         assert lost - cut <= 0.9 * ttl + margin
         # The network heals: worker A runs the next one, with a newer token.
-        proxy.restore()
+        proxy.pass_through()
         again = c.send("cut_off_rival", key=c.key)
         assert c.get(again, timeout=120) > rival_token
         c.check_alive()

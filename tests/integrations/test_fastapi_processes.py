@@ -282,10 +282,9 @@ def test_a_blackholed_leader_steps_down_before_the_other_replica_leads(
 
     margin = 1.0
     server = yaml_server(cluster.kubeconfig)
-    host, port = server.removeprefix("https://").rsplit(":", 1)
-    proxy = TcpProxy(host, int(port)).start()
+    proxy = TcpProxy.to(server)
     try:
-        via = kubeconfig_via(cluster.kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+        via = kubeconfig_via(cluster.kubeconfig, proxy.server, tmp_path)
         a = cluster(FA_EXPECTED="0", KUBECONFIG=str(via))
         wait_for(a.is_leader, 60, "A leading")
         b = cluster(FA_EXPECTED="0")

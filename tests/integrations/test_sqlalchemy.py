@@ -452,9 +452,8 @@ def test_a_blackholed_engine_closes_its_connections_before_another_engine_gets_t
 
     ttl, margin = 3.0, 1.0
     ns = fresh_namespace(kube_crds)
-    host, port = kube_crds.server.removeprefix("https://").rsplit(":", 1)
-    proxy = TcpProxy(host, int(port)).start()
-    via = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    proxy = TcpProxy.to(kube_crds.server)
+    via = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     other_app = f"{app}-b"
 
     def engine_for(application: str, kubeconfig: Path, **kwargs: Any) -> CoordinatedEngine:
@@ -569,9 +568,8 @@ async def test_a_blackholed_async_engine_closes_its_connections_before_another_g
 
     ttl, margin = 3.0, 1.0
     ns = fresh_namespace(kube_crds)
-    host, port = kube_crds.server.removeprefix("https://").rsplit(":", 1)
-    proxy = TcpProxy(host, int(port)).start()
-    via = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    proxy = TcpProxy.to(kube_crds.server)
+    via = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     other_app = f"{app}-b"
     a = AsyncCoordinatedEngine(
         ASYNC_URL,

@@ -281,6 +281,18 @@ class Contender:
         self.proc.terminate()
         self.proc.wait(timeout)
 
+    def release_failed(self) -> bool:
+        """After it exited: client-go's own release on cancel failed ("Failed to release lock").
+
+        client-go v1.20 cancels its renewal in flight when its context ends; if that
+        renewal had landed, the release is sent with the older resourceVersion,
+        conflicts and is given up (leaderelection.go ``release``): the Lease then
+        expires after its duration instead of being handed over at once.
+        """
+        for t in self._threads:
+            t.join(5)
+        return any("Failed to release lock" in line for line in self.stderr)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

@@ -61,11 +61,6 @@ KINDS: dict[str, tuple[Hold, Hold]] = {
 }
 
 
-def _proxy_to(kube: Any) -> TcpProxy:
-    host, port = kube.server.removeprefix("https://").rsplit(":", 1)
-    return TcpProxy(host, int(port)).start()
-
-
 @pytest.mark.parametrize("mode", ["blackhole", "half_open"])
 @pytest.mark.parametrize("kind", sorted(KINDS))
 async def test_a_cut_off_holder_stops_before_anyone_else_is_granted(
@@ -73,8 +68,8 @@ async def test_a_cut_off_holder_stops_before_anyone_else_is_granted(
 ) -> None:
     hold, rival_hold = KINDS[kind]
     ns = fresh_namespace(kube_crds)
-    proxy = _proxy_to(kube_crds)
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    proxy = TcpProxy.to(kube_crds.server)
+    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     # The holder's store has the default timeouts: the bound must not depend on tuning.
     cut_off = KubernetesStore(ns, kubeconfig=cfg)
     direct = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
@@ -152,8 +147,8 @@ async def test_a_cut_off_once_runner_is_cancelled_before_another_caller_runs_it(
     kube_crds: Any, tmp_path: Path
 ) -> None:
     ns = fresh_namespace(kube_crds)
-    proxy = _proxy_to(kube_crds)
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    proxy = TcpProxy.to(kube_crds.server)
+    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     cut_off = KubernetesStore(ns, kubeconfig=cfg)
     direct = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
     seen: dict[str, float] = {}
@@ -201,8 +196,8 @@ async def test_a_waiter_whose_connections_went_silent_is_still_granted(
 ) -> None:
     """A waiter's watch and pooled connections die silently (``stall``); it is not stuck."""
     ns = fresh_namespace(kube_crds)
-    proxy = _proxy_to(kube_crds)
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    proxy = TcpProxy.to(kube_crds.server)
+    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     waiting_store = KubernetesStore(ns, kubeconfig=cfg)
     direct = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
     try:

@@ -77,10 +77,9 @@ class Harness:
         return Path(self.kube.admin_kubeconfig)
 
     def proxied(self) -> tuple[TcpProxy, Path]:
-        host, port = self.kube.server.removeprefix("https://").rsplit(":", 1)
-        proxy = TcpProxy(host, int(port)).start()
+        proxy = TcpProxy.to(self.kube.server)
         self.proxies.append(proxy)
-        return proxy, kubeconfig_via(self.kubeconfig, f"https://127.0.0.1:{proxy.port}", self.tmp)
+        return proxy, kubeconfig_via(self.kubeconfig, proxy.server, self.tmp)
 
     def go(self, who: str, name: str, kubeconfig: Path | None = None, **kw: Any) -> Contender:
         c = go_contender(self.witness, who, kubeconfig or self.kubeconfig, self.ns, name, **kw)
@@ -165,8 +164,13 @@ async def test_graceful_release_hands_over_in_both_directions(
     go.terminate()  # SIGTERM: client-go releases on cancel
     go_stop = h.witness.wait("go-a", "stop-leading", 10)
     kon_start = await h.witness.await_event("kon", "start-leading", 10)
-    # konductor is woken by the release (watch), not by expiry 4 s later.
-    assert kon_start.at - go_stop.at < 2.0
+    if go.release_failed():
+        # client-go's own race (see Contender.release_failed): no release was
+        # written, so konductor takes over when the record expires, not before.
+        assert TTL - 1.0 - SLACK <= kon_start.at - go_stop.at <= TTL + 1.0 + SLACK
+    else:
+        # konductor is woken by the release (watch), not by expiry 4 s later.
+        assert kon_start.at - go_stop.at < 2.0
     assert leases[0].token == 1  # client-go created it with 0; a take-over increments
 
     h.go("go-b", lease)
@@ -382,7 +386,8 @@ async def test_every_writer_keeps_metadata_it_does_not_own(h: Harness) -> None:
     go.terminate()
     h.witness.wait("go-a", "stop-leading", 10)
     doc = h.env.get(lease)
-    assert doc["spec"]["holderIdentity"] == ""
+    # Released, unless client-go's own release lost its race (Contender.release_failed).
+    assert doc["spec"]["holderIdentity"] == ("go-a" if go.release_failed() else "")
     assert kept(doc) == expected
 
     # konductor again, after client-go's writes: a fresh store that has seen nothing.

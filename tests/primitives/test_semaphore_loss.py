@@ -20,9 +20,8 @@ async def test_unrenewable_permit_cancels_the_body_and_exit_raises(
     kube_crds: Any, tmp_path: Path
 ) -> None:
     ns = fresh_namespace(kube_crds)
-    host, port = kube_crds.server.removeprefix("https://").rsplit(":", 1)
-    proxy = TcpProxy(host, int(port)).start()
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    proxy = TcpProxy.to(kube_crds.server)
+    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     store = KubernetesStore(ns, kubeconfig=cfg, retry_deadline=0.5, request_timeout=2)
     other = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
     reached_end = False

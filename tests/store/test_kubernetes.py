@@ -143,11 +143,8 @@ async def test_watch_resumes_across_server_timeouts(kube_crds: Any, namespace: s
 async def test_watch_resumes_after_the_connection_breaks(
     kube_crds: Any, namespace: str, tmp_path: Path
 ) -> None:
-    host, port = kube_crds.server.removeprefix("https://").rsplit(":", 1)
-    proxy = TcpProxy(host, int(port)).start()
-    via_proxy = kubeconfig_via(
-        kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path
-    )
+    proxy = TcpProxy.to(kube_crds.server)
+    via_proxy = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     try:
         async with (
             KubernetesStore(namespace, kubeconfig=via_proxy) as watcher,
@@ -179,7 +176,7 @@ async def test_watch_resumes_after_the_connection_breaks(
 async def test_unreachable_server_raises_store_unavailable(kube_crds: Any, tmp_path: Path) -> None:
     proxy = TcpProxy("127.0.0.1", 9).start()  # nothing listens on the discard port
     proxy.reset()
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     try:
         async with KubernetesStore("default", kubeconfig=cfg, retry_deadline=0.5) as store:
             with pytest.raises(StoreUnavailable) as info:

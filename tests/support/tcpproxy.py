@@ -61,7 +61,21 @@ class TcpProxy:
 
     # -- life cycle -------------------------------------------------------------------
 
+    @classmethod
+    def to(cls, server: str) -> TcpProxy:
+        """A started proxy to the API server at ``server`` (``https://host:port``)."""
+        host, port = server.removeprefix("https://").rsplit(":", 1)
+        return cls(host, int(port)).start()
+
+    @property
+    def server(self) -> str:
+        """The URL to give a client (a kubeconfig's ``server``) instead of the real one."""
+        return f"https://127.0.0.1:{self.port}"
+
     def start(self) -> TcpProxy:
+        """Start forwarding (idempotent: ``with TcpProxy.to(server) as proxy`` works too)."""
+        if self._thread.is_alive():
+            return self
         self._thread.start()
         self._call(self._start())
         return self
