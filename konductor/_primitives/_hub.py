@@ -13,10 +13,12 @@ Every request is bounded. A write carries a deadline (a renewal's is its
 holder's own deadline; others get :data:`WRITE_BUDGET`) and is never sent, nor
 retried, past it. A watch that fails for good (``Forbidden``, the CRD missing)
 ends and its error is raised to every waiter; one that only fails for now is
-reopened with backoff; one that has gone silent (a dead connection: a write
-of ours conflicted twice with versions the watch never delivered) is reopened
-at once. Waiters never depend on the watch for safety (every decision is a
-compare-and-swap), only for promptness.
+reopened with backoff; one that has gone silent (a dead connection: it has
+delivered nothing for WATCH_SILENCE seconds while writes of ours conflicted
+twice in a row with versions it never delivered) is reopened at once. A watch
+that merely lags under load keeps delivering and is left alone: reopening it
+would add load where there is too much already. Waiters never depend on the
+watch for safety (every decision is a compare-and-swap), only for promptness.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ WRITE_BUDGET = 30.0
 WRITE_FLOOR = 2.0
 #: Seconds a write waits for the watch to deliver the version it conflicted with.
 CONFLICT_WAIT = 0.5
+#: Seconds of complete silence after which a watch that failed to explain two
+#: conflicts in a row is taken for dead. A watch that lags under load still
+#: delivers events; reopening it would only add load.
+WATCH_SILENCE = 5.0
 
 Entries = Callable[[StoredObject], list[JSON]]
 
@@ -109,6 +115,7 @@ class Hub:
         self._pause: asyncio.Future[None] | None = None  # the writer's backoff before a retry
         self.watch_error: KonductorError | None = None  # why the watch ended for good
         self._watch_misses = 0  # conflicts the watch did not explain in time, in a row
+        self._watch_heard = 0.0  # monotonic time the watch last delivered (or opened)
         self.watch_restarts = 0  # silent watches reopened (for tests and metrics)
 
     # -- observation ------------------------------------------------------------------
@@ -304,7 +311,8 @@ class Hub:
         """The object after a lost CAS: from the open watch if it delivers soon, else read.
 
         A watch that twice in a row fails to deliver, in time, a version a
-        write of ours already conflicted with is taken for dead (its connection
+        write of ours already conflicted with, and has delivered nothing at all
+        for ``WATCH_SILENCE`` seconds, is taken for dead (its connection
         silently gone) and reopened.
         """
         if self._watch_task is not None and not self._watch_task.done():
@@ -317,7 +325,8 @@ class Hub:
                 await self.wait_change(seen, until, raise_watch_error=False)
                 seen = self.changes
             self._watch_misses += 1
-            if self._watch_misses >= 2:
+            silent = self.clock.monotonic() - self._watch_heard
+            if self._watch_misses >= 2 and silent >= WATCH_SILENCE:
                 self._restart_watch()
         return await self.refresh(timeout=max(0.001, budget - CONFLICT_WAIT))
 
@@ -349,6 +358,7 @@ class Hub:
     def _start_watch(self) -> None:
         self.watch_error = None
         self._watch_misses = 0
+        self._watch_heard = self.clock.monotonic()
         self._watch_task = asyncio.ensure_future(self._watch())
 
     def _restart_watch(self) -> None:
@@ -400,6 +410,7 @@ class Hub:
                 ) as events:
                     async for ev in events:
                         backoff.reset()
+                        self._watch_heard = self.clock.monotonic()
                         self.observe(ev.object, deleted=ev.type == "DELETED")
             except asyncio.CancelledError:
                 raise
