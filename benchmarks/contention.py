@@ -199,6 +199,7 @@ class Window:
     client_requests: int = 0
     client_conflicts: int = 0
     peak: int = 0
+    served: int = 0  # processes granted at least once in the window (fairness)
     timeouts: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     machine_busy: float = 0.0  # share of all cores busy over the window (everything)
@@ -318,6 +319,7 @@ class Runner:
             doc = json.loads(result.read_text())
             for asked, granted in doc["grants"]:
                 out.waits.append(granted - asked)
+            out.served += bool(doc["grants"])
             out.timeouts += doc["timeouts"]
             out.errors.update(doc["errors"])
             out.worker_cpu += doc["cpu"]
@@ -351,6 +353,7 @@ HEADERS = (
     "wait p50 ms",
     "wait p95 ms",
     "peak holders",
+    "served",
     "timeouts",
     "errors",
     "machine CPU",
@@ -408,6 +411,7 @@ def render(windows: list[Window]) -> list[str]:
                 f"{percentile(waits_ms, 50):.0f}",
                 f"{percentile(waits_ms, 95):.0f}",
                 str(w.peak),
+                f"{w.served}/{w.processes}",
                 str(w.timeouts),
                 str(sum(w.errors.values())),
                 f"{w.machine_busy:.0%}",
@@ -469,12 +473,20 @@ def notes(windows: list[Window], where: str, args: argparse.Namespace, took: flo
         "wait = from calling acquire to holding (nearest-rank percentiles); timeouts = acquires"
         " still waiting at the end of the window (given up, not grants)",
         "peak holders: Redis witness (INCR inside each hold, max kept atomically); never above"
-        " the permits for a safe semaphore",
+        " the permits for a safe semaphore; served = processes granted at least once in the"
+        " window (a fairness check: a semaphore whose holders re-acquire ahead of the waiters"
+        " can show high grants/s while most processes starve)",
         "machine CPU = share of all cores busy over the window (/proc/stat, includes anything"
         " else running on the machine); own CPU = CPU seconds of the workers"
         + (" + kube-apiserver + etcd" if windows and windows[0].server_cpu is not None else "")
         + " / (window x cores). Near 100% means the clients were starved of CPU: a throughput"
         " drop there is not (only) the server's doing",
+        "server-counted requests by verb and code per window: "
+        + "; ".join(
+            f"{w.mode[0]}{w.processes}/{w.hold * 1000:.0f}ms "
+            + " ".join(f"{v}:{c}={n}" for (v, c), n in sorted(w.server.by.items()) if n)
+            for w in windows
+        ),
         "errors by class: " + (", ".join(f"{k} {v}" for k, v in errors.items()) or "none"),
         "baseline: GET + CAS PUT per poll, retry at once on 409, sleep 1 s x1.5 up to 5 s when"
         " full, no watch (benchmarks/_baseline.py)",

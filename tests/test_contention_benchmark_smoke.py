@@ -35,6 +35,7 @@ COLUMNS = [
     "wait p50 ms",
     "wait p95 ms",
     "peak holders",
+    "served",
     "timeouts",
     "errors",
     "machine CPU",
@@ -79,7 +80,9 @@ def test_quick_contention_benchmark_prints_every_row(kube_crds: Any) -> None:
         assert not math.isnan(per_grant), cells
         assert per_grant >= 2, cells
         assert 1 <= int(cells[10]) <= min(int(cells[0]), 4), cells  # peak holders, safe
-        assert cells[12] == "0", cells  # no errors
+        served, processes = cells[11].split("/")
+        assert 1 <= int(served) <= int(processes) == int(cells[0]), cells
+        assert cells[13] == "0", cells  # no errors
     ratios = lines.index(next(line for line in lines if line.startswith("konductor / baseline")))
     header2 = next(i for i in range(ratios, len(lines)) if lines[i].startswith("processes "))
     pairs = [line.split() for line in lines[header2 + 2 : header2 + 4]]
