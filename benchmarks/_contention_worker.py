@@ -12,7 +12,7 @@ Each worker is its own OS process with its own client on its own
    still waiting at the deadline is given up (konductor: its ``timeout``;
    baseline: cancelled), and not counted as a grant;
 4. writes one JSON document to ``--out``: every grant's (requested, granted)
-   monotonic times, its own CPU seconds during the window, the client-side
+   monotonic times, its own CPU seconds from start to deadline, the client-side
    request counts, timeouts and errors by class name.
 
 Inside each hold a Redis counter at 127.0.0.1:6379 (a witness independent of
@@ -69,6 +69,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any] | None:
         start, deadline = float(line[1]), float(line[2])
         await asyncio.sleep(max(0.0, start - time.monotonic()))
         cpu0, counts0 = time.process_time(), store.snapshot()
+        # CPU used inside the window only (not the drain after it): read at the deadline.
+        cpu_at_deadline: list[float] = []
+        loop.call_later(
+            max(0.0, deadline - time.monotonic()),
+            lambda: cpu_at_deadline.append(time.process_time()),
+        )
 
         async def acquire(remaining: float) -> Callable[[], Awaitable[None]]:
             if args.mode == "konductor":
@@ -99,7 +105,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any] | None:
                     await release()
                 except KonductorError as err:
                     errors[f"release:{type(err).__name__}"] += 1
-        cpu = time.process_time() - cpu0
+        cpu = (cpu_at_deadline[0] if cpu_at_deadline else time.process_time()) - cpu0
         counts = store.snapshot() - counts0
     await r.aclose()
     return {
