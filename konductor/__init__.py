@@ -15,6 +15,7 @@ from konductor._defaults import configure
 from konductor._errors import (
     AcquireTimeout,
     AlreadyExists,
+    ClientClosed,
     ConfigurationError,
     Conflict,
     CorruptState,
@@ -58,6 +59,7 @@ __all__ = (
     "BarrierInfo",
     "CRDNotInstalled",
     "Client",
+    "ClientClosed",
     "ConditionState",
     "ConfigurationError",
     "Conflict",
@@ -100,3 +102,11 @@ __all__ = (
     "with_mutex",
     "with_semaphore",
 )
+
+# Errors are raised across the library: name them as users import them, so a
+# traceback reads ``konductor.AcquireTimeout``, not ``konductor._errors.AcquireTimeout``.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and issubclass(_obj, KonductorError):
+        _obj.__module__ = __name__
+del _name, _obj

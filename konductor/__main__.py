@@ -1,7 +1,5 @@
 """``python -m konductor``: the ``konductor`` command (see :mod:`konductor.cli`)."""
 
-import sys
+from konductor.cli import console
 
-from konductor.cli import main
-
-sys.exit(main())
+console()

@@ -81,6 +81,37 @@ class Client(
     def namespace(self) -> str:
         return self.store.namespace
 
+    # -- any primitive ----------------------------------------------------------------
+
+    async def delete(self, kind: str, name: str) -> None:
+        """Delete the object of primitive ``kind`` (``"semaphore"``, ``"mutex"``,
+        ``"rwmutex"``, ``"barrier"``, ``"gate"``, ``"once"``, ``"waitgroup"`` or
+        ``"lease"``) named ``name``, whatever its state.
+
+        This is the reset of the store's object: a barrier to meet again, a
+        once to forget, an object whose state no longer parses. Whoever still
+        holds or waits on it loses its grant at its next renewal (a ``LostError``)
+        or sees the object gone; use it when they are done or dead. On
+        Kubernetes it needs the ``delete`` verb (see docs/rbac.md).
+
+        Raises:
+            InvalidArgument: ``kind`` is not one of the primitives above.
+            InvalidName: ``name`` is not a valid object name.
+            NotFound: there is no such object.
+            Forbidden: the store refused the delete (RBAC).
+        """
+        from konductor._errors import InvalidArgument
+        from konductor._names import validate_name
+        from konductor._store._kinds import PRIMITIVE_KINDS
+
+        found = PRIMITIVE_KINDS.get(kind) if isinstance(kind, str) else None
+        if found is None:
+            raise InvalidArgument(
+                f"kind={kind!r} is not a konductor primitive; use one of: "
+                + ", ".join(PRIMITIVE_KINDS)
+            )
+        await self._rt.store.delete(found, validate_name(name))
+
     # -- lifecycle --------------------------------------------------------------------
 
     async def close(self) -> None:

@@ -115,7 +115,15 @@ def _around(
                     f"{wrapped.__qualname__} is async but was decorated with a SyncClient; "
                     "pass a konductor.Client (or no client)"
                 )
-            return async_around(client or default_client(), lambda: wrapped(*args, **kwargs))
+
+            async def call_async() -> Any:
+                # The client is looked up when the coroutine runs, on its own loop:
+                # ``f()`` may be called outside any loop (``asyncio.run(f())``).
+                return await async_around(
+                    client or default_client(), lambda: wrapped(*args, **kwargs)
+                )
+
+            return call_async()
         if isinstance(client, Client):
             raise InvalidArgument(
                 f"{wrapped.__qualname__} is not async but was decorated with an async "

@@ -14,6 +14,7 @@ Decisions are taken on the HTTP status and the ``reason`` of the Kubernetes
     ├── InvalidArgument (ValueError)      bad input, raised before any API call
     │   └── InvalidName                   not a DNS-1123 subdomain
     ├── ConfigurationError                no store could be configured
+    ├── ClientClosed (RuntimeError)       the client was used after close()
     ├── WaitTimeout (TimeoutError)        a wait did not end in time
     │   └── AcquireTimeout                not granted in time; nothing left behind
     ├── OnceFailed                        the once-function failed on its runner
@@ -40,6 +41,7 @@ __all__ = [
     "AcquireTimeout",
     "AlreadyExists",
     "CRDNotInstalled",
+    "ClientClosed",
     "ConfigurationError",
     "Conflict",
     "CorruptState",
@@ -76,6 +78,15 @@ class InvalidName(InvalidArgument):
 
 class ConfigurationError(KonductorError):
     """konductor could not work out which store, namespace or identity to use."""
+
+
+class ClientClosed(KonductorError, RuntimeError):
+    """The client was used after it was closed.
+
+    Closed by ``close()`` or at the end of its ``async with`` / ``with`` block.
+    A programming mistake, not an outage: retrying cannot help. Call the
+    method inside the client's block, or create a new client.
+    """
 
 
 class StoreError(KonductorError):

@@ -13,6 +13,7 @@ from konductor._errors import InvalidName
 
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _MAX_LEN = 253
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 RULE = (
     "names must be DNS-1123 subdomains: at most 253 characters of lowercase letters, "
@@ -49,11 +50,25 @@ def validate_namespace(namespace: object) -> str:
     Raises:
         InvalidName: ``namespace`` is not a DNS-1123 label (63 characters, no dots).
     """
-    validate_name(namespace, what="namespace")
-    assert isinstance(namespace, str)
-    if len(namespace) > 63 or "." in namespace:
+    if not isinstance(namespace, str):
         raise InvalidName(
-            f"invalid namespace {namespace!r}: namespaces must be DNS-1123 labels "
-            "(at most 63 lowercase letters, digits and '-', no dots)"
+            f"namespace must be a string, got {type(namespace).__name__}; {NAMESPACE_RULE}"
         )
+    if not namespace:
+        raise InvalidName(f"namespace must not be empty; {NAMESPACE_RULE}")
+    if len(namespace) > 63 or not _DNS1123_LABEL.fullmatch(namespace):
+        lower = namespace.lower()
+        hint = (
+            f" (try {lower!r})"
+            if lower != namespace and len(lower) <= 63 and _DNS1123_LABEL.fullmatch(lower)
+            else ""
+        )
+        shown = namespace if len(namespace) <= 70 else namespace[:40] + "..."
+        raise InvalidName(f"invalid namespace {shown!r}{hint}: {NAMESPACE_RULE}")
     return namespace
+
+
+NAMESPACE_RULE = (
+    "namespaces must be DNS-1123 labels: at most 63 characters of lowercase letters, "
+    "digits and '-', starting and ending with a letter or digit, no dots (e.g. 'jobs')"
+)

@@ -20,15 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Generic, TypeVar
 
+from konductor._backoff import Backoff
 from konductor._client import Client
-from konductor._errors import ConfigurationError, KonductorError
+from konductor._errors import (
+    ClientClosed,
+    ConfigurationError,
+    InvalidArgument,
+    KonductorError,
+    LeaseLost,
+    StoreUnavailable,
+)
 from konductor._primitives._barrier import BarrierInfo
 from konductor._primitives._gate import Conditions, GateInfo
 from konductor._primitives._grant import Grant, Guarded
@@ -41,6 +51,7 @@ from konductor._primitives._waitgroup import WaitGroupInfo
 from konductor._store._base import Store
 
 T = TypeVar("T")
+log = logging.getLogger("konductor")
 G = TypeVar("G", bound=Grant)
 StoreSource = Store | Callable[[], Store] | None
 
@@ -251,7 +262,10 @@ class SyncClient:
     def _ensure(self) -> _Portal:
         with self._lock:
             if self._closed:
-                raise KonductorError("this SyncClient is closed")
+                raise ClientClosed(
+                    "this SyncClient is closed; call its methods inside its `with` block, "
+                    "or create a new one"
+                )
             if self._portal is None:
                 portal = _Portal()
 
@@ -395,6 +409,53 @@ class SyncClient:
         lease = self._call(lambda: self._async().try_acquire_lease(name, ttl=ttl))
         return None if lease is None else SyncGrant(lease, self)
 
+    def campaign(
+        self,
+        name: str,
+        leader_fn: Callable[[SyncGrant[Lease]], T],
+        *,
+        ttl: object = DEFAULT_TTL,
+    ) -> T:
+        """Keep trying to lead; run the blocking ``leader_fn(lease)`` while this process leads.
+
+        The twin of ``Client.campaign`` for blocking code (a single Celery beat,
+        a cron-like loop), which cannot be cancelled from outside: ``leader_fn``
+        runs on the calling thread and must call ``lease.ensure_held()``
+        between steps. When leadership is lost, that call raises
+        :class:`LeaseLost`; the campaign catches it, waits to lead again and
+        calls ``leader_fn`` anew. When ``leader_fn`` returns or raises anything
+        else, the lease is released and its result returned (or its exception
+        raised). Store outages while campaigning are retried with backoff.
+
+        Raises:
+            InvalidArgument / InvalidName: bad arguments, before any API call.
+            whatever ``leader_fn`` raises, except the ``LeaseLost`` of its lease.
+        """
+        if not callable(leader_fn):
+            raise InvalidArgument(f"leader_fn must be a function, got {leader_fn!r}")
+        backoff = Backoff(initial=0.1, cap=5.0)
+        while True:
+            try:
+                lease = self.acquire_lease(name, ttl=ttl)
+            except StoreUnavailable as exc:
+                log.warning("campaign for lease %r: %s; retrying", name, exc)
+                time.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            try:
+                return leader_fn(lease)
+            except LeaseLost:
+                if not lease.is_lost:
+                    raise  # another lease's loss: not ours to handle
+                log.warning(
+                    "lost leadership of lease %r (token %d): %s; campaigning again",
+                    name,
+                    lease.token,
+                    lease.grant.lost_reason,
+                )
+            finally:
+                lease.release()
+
     # -- once -------------------------------------------------------------------------
 
     def once(
@@ -483,6 +544,12 @@ class SyncClient:
 
     def waitgroup_status(self, name: str) -> WaitGroupInfo:
         return self._call(lambda: self._async().waitgroup_status(name))
+
+    # -- any primitive ----------------------------------------------------------------
+
+    def delete(self, kind: str, name: str) -> None:
+        """Delete the object of primitive ``kind`` named ``name`` (see ``Client.delete``)."""
+        self._call(lambda: self._async().delete(kind, name))
 
     # -- lifecycle --------------------------------------------------------------------
 

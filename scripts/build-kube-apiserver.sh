@@ -45,20 +45,14 @@ mkdir -p "$CACHE_DIR"
 WORK="$(mktemp -d "$CACHE_DIR/build.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
-# Source entries: derive deb-src from apt's own deb822 file (same URIs, suites,
-# components and Signed-By; only Types changes).
-if [ ! -f /etc/apt/sources.list.d/konductor-deb-src.sources ]; then
-  src=""
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] && grep -q '^Types: deb$' "$f" && { src="$f"; break; }
-  done
-  if [ -z "$src" ]; then
-    log "no deb822 source file found in /etc/apt/sources.list.d; cannot derive deb-src entries"
-    exit 1
-  fi
-  sed 's/^Types: deb$/Types: deb-src/' "$src" > /etc/apt/sources.list.d/konductor-deb-src.sources
-  apt-get update -qq >&2
-fi
+# Source entries: derive deb-src from apt's own deb822 entries (same URIs,
+# suites, components and Signed-By; only Types changes), and only those no
+# existing entry provides: a duplicate makes apt warn on every later command.
+case "$(python3 "$(dirname "$0")/apt-deb-src.py")" in
+  changed) apt-get update -qq >&2 ;;
+  unchanged) ;;
+  *) log "cannot derive deb-src entries (see above)"; exit 1 ;;
+esac
 
 # The source package, downloaded once and kept (apt-get source fetches the
 # .dsc, the orig tarball and the debian tarball).

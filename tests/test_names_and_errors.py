@@ -52,6 +52,12 @@ def test_namespaces_are_labels() -> None:
         validate_namespace("a.b")
     with pytest.raises(InvalidName):
         validate_namespace("x" * 64)
+    # The message states the namespace rule, not the (longer) object-name rule.
+    with pytest.raises(InvalidName) as info:
+        validate_namespace("BadNS")
+    assert "(try 'badns')" in str(info.value)
+    assert "namespaces must be DNS-1123 labels" in str(info.value)
+    assert "subdomain" not in str(info.value)
 
 
 T = Target("get", "semaphores.konductor.io", "Semaphore", "ns", "s1")
@@ -84,6 +90,13 @@ def test_status_translation_uses_code_and_reason(
         raise_for_status(code, body, T, None)
     assert type(info.value) is error
     assert info.value.status == code  # type: ignore[attr-defined]
+
+
+def test_forbidden_names_the_namespace_to_grant_the_role_in() -> None:
+    with pytest.raises(Forbidden) as info:
+        raise_for_status(403, status(403, "Forbidden"), T, None)
+    assert "konductor manifests --rbac --namespace ns |" in str(info.value)
+    assert "NAMESPACE" not in str(info.value)
 
 
 def test_invalid_names_each_field() -> None:

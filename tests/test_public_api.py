@@ -18,6 +18,7 @@ def test_top_level_exports_are_pinned() -> None:
             "BarrierInfo",
             "CRDNotInstalled",
             "Client",
+            "ClientClosed",
             "ConditionState",
             "ConfigurationError",
             "Conflict",
@@ -74,7 +75,7 @@ def test_store_and_manifest_modules_export_what_they_declare() -> None:
 def test_every_error_derives_from_the_root() -> None:
     errors = [getattr(konductor, n) for n in konductor.__all__ if n[0].isupper()]
     errors = [e for e in errors if isinstance(e, type) and issubclass(e, BaseException)]
-    assert len(errors) == 22
+    assert len(errors) == 23
     assert all(issubclass(e, konductor.KonductorError) for e in errors)
     assert issubclass(konductor.Forbidden, PermissionError)
     assert issubclass(konductor.InvalidArgument, ValueError)

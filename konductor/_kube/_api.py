@@ -41,10 +41,15 @@ JSON = dict[str, Any]
 INSTALL_HINT = (
     "install them with `konductor install` (or `konductor manifests | kubectl apply -f -`)"
 )
-RBAC_HINT = (
-    "grant it with konductor's Role and RoleBinding: "
-    "`konductor manifests --rbac --namespace NAMESPACE | kubectl apply -f -` (see docs/rbac.md)"
-)
+
+
+def rbac_hint(namespace: str | None) -> str:
+    """How to grant konductor's Role, for the namespace the request was made in."""
+    return (
+        "grant it with konductor's Role and RoleBinding: `konductor manifests --rbac "
+        f"--namespace {namespace or 'NAMESPACE'} | kubectl apply -f -` (the RBAC page of "
+        "konductor's docs lists each verb)"
+    )
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ def raise_for_status(
         exc = Forbidden(
             f"forbidden to {target.verb} {target.resource}"
             + (f" in namespace {target.namespace!r}" if target.namespace else "")
-            + f" ({server_says}); {RBAC_HINT}",
+            + f" ({server_says}); {rbac_hint(target.namespace)}",
             status=status,
             reason=reason,
         )

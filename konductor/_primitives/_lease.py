@@ -46,7 +46,7 @@ from konductor._primitives import _lease_state as state
 from konductor._primitives import _validate as check
 from konductor._primitives._clock import Clock, micro_time
 from konductor._primitives._grant import Grant, Guarded
-from konductor._primitives._hub import Hub, Sends
+from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
 from konductor._primitives._renewal import OWN_DEADLINE, Entry, SendRecord
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
 from konductor._store._base import JSON, StoredObject
@@ -288,17 +288,19 @@ class _LeaseSite:
         self.rt.renewer.add(entry)
         return Lease(self, entry, token)
 
-    async def _clear(self, token: int | None) -> None:
+    async def _clear(self, token: int | None, deadline: float | None = None) -> None:
         """Release the record if this client (with ``token``, if given) still holds it."""
 
         def decide(obj: StoredObject) -> tuple[JSON | None, None]:
             return state.release(obj.spec, self.rt.identity, token, self._wall()).spec, None
 
         with contextlib.suppress(NotFound):
-            await self.hub.update(decide)
+            await self.hub.update(decide, deadline=deadline)
 
     async def release(self, entry: Entry) -> None:
         """Stop renewing and clear ``holderIdentity`` so a waiting candidate takes over at once.
+
+        Waits no longer than the grant's own deadline (or ``WRITE_FLOOR``).
 
         Raises:
             StoreUnavailable: the release could not be written; the lease then
@@ -309,8 +311,10 @@ class _LeaseSite:
         if held is None:
             return
         owner, token = held
+        # No longer than the grant's own deadline: past it others take over anyway.
+        deadline = max(entry.deadline, self.rt.clock.monotonic() + WRITE_FLOOR)
         try:
-            await self._clear(token)
+            await self._clear(token, deadline)
         finally:
             self.slot.free(owner)
 

@@ -18,7 +18,13 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from konductor._backoff import Backoff
-from konductor._errors import AcquireTimeout, AlreadyExists, NotFound, StoreUnavailable
+from konductor._errors import (
+    AcquireTimeout,
+    AlreadyExists,
+    CorruptState,
+    NotFound,
+    StoreUnavailable,
+)
 from konductor._primitives import _queue_state as state
 from konductor._primitives._clock import micro_time
 from konductor._primitives._grant import Grant
@@ -92,7 +98,16 @@ class Queued(Generic[G]):
             except AlreadyExists:
                 obj = await self.hub.refresh()
         if self.check is not None:
-            self.check(obj)
+            try:
+                self.check(obj)
+            except CorruptState:
+                # The cached copy may predate a repair (with no watch open to bring
+                # the repair in): decide on a fresh read before refusing.
+                fresh = await self.hub.refresh()
+                if fresh is None:
+                    return await self.ensure()
+                self.check(fresh)
+                obj = fresh
         return obj
 
     def _decide(

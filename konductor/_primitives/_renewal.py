@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from konductor._errors import KonductorError
+from konductor._errors import KonductorError, NotFound
 from konductor._primitives._clock import Clock, micro_time
 from konductor._primitives._hub import Hub, Sends
 from konductor._store._base import JSON, StoredObject
@@ -230,6 +230,14 @@ class Renewer:
             missing, _ = await hub.update(
                 decide, sends=sends, deadline=min(e.deadline for e in entries)
             )
+        except NotFound:
+            # The object itself was deleted (an operator's reset): every entry in it
+            # is gone for good, exactly as if it had been removed. Lose them now.
+            for e in entries:
+                if e in self._entries and e.lost_reason is None:
+                    e.mark_lost(f"{hub.kind} {hub.name!r} was deleted")
+                self._entries.discard(e)
+            return
         except Exception as exc:
             for e in entries:
                 e.record(sends, present=False)

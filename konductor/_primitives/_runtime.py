@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from konductor._errors import InvalidArgument
+from konductor._errors import ClientClosed, InvalidArgument
 from konductor._limits import MAX_IDENTITY
 from konductor._primitives._clock import Clock
 from konductor._primitives._hub import Entries, Hub
@@ -30,13 +30,33 @@ class Runtime:
                 f"identity must be a string of 1 to {MAX_IDENTITY} characters, got "
                 f"{identity!r:.80}; the default (pod name + pid + random suffix) always fits"
             )
-        self.store = store
+        self._store = store
         self.clock = clock
         self.identity = identity
         self.renewer = Renewer(clock)
         self._hubs: dict[tuple[Kind, str], Hub] = {}
+        self.closed = False
+
+    @property
+    def store(self) -> Store:
+        """The client's store; every primitive reaches it through here.
+
+        Raises:
+            ClientClosed: the client was closed (a mistake in the caller, not
+                an outage of the store).
+        """
+        self.check_open()
+        return self._store
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ClientClosed(
+                f"this konductor client (identity {self.identity!r}) is closed; call its "
+                "methods inside its `async with` / `with` block, or create a new client"
+            )
 
     def hub(self, kind: Kind, name: str, entries: Entries) -> Hub:
+        self.check_open()
         key = (kind, name)
         if key not in self._hubs:
             self._hubs[key] = Hub(self.store, kind, name, self.clock, entries)
@@ -47,3 +67,4 @@ class Runtime:
         for hub in self._hubs.values():
             await hub.close()
         self._hubs.clear()
+        self.closed = True

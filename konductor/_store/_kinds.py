@@ -60,3 +60,16 @@ JOB = Kind("Job", "jobs", "batch", "v1", has_status=True, builtin=True)
 
 CUSTOM_KINDS: tuple[Kind, ...] = (SEMAPHORE, BARRIER, GATE, MUTEX, RWMUTEX, ONCE, WAITGROUP)
 ALL_KINDS: tuple[Kind, ...] = (*CUSTOM_KINDS, LEASE, JOB)
+
+#: The kind of each primitive, by the name users give it (``Client.delete``,
+#: ``konductor delete KIND NAME``).
+PRIMITIVE_KINDS: dict[str, Kind] = {
+    "semaphore": SEMAPHORE,
+    "mutex": MUTEX,
+    "rwmutex": RWMUTEX,
+    "barrier": BARRIER,
+    "gate": GATE,
+    "once": ONCE,
+    "waitgroup": WAITGROUP,
+    "lease": LEASE,
+}

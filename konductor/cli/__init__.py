@@ -2,13 +2,17 @@
 
 ::
 
-    konductor install | manifests
+    konductor install | uninstall | manifests
     konductor semaphore create|get|list|delete|acquire|release|run
     konductor barrier arrive|wait|status
     konductor lease acquire|release|status|run
     konductor gate open|close|wait|status
     konductor once run|status|reset
+    konductor mutex acquire|run|status|release
+    konductor rwmutex acquire|run|status|release --mode read|write
+    konductor waitgroup add|done|wait|status
     konductor status
+    konductor delete KIND NAME [--yes]
 
 Global options (before or after the command): ``-n/--namespace``,
 ``--kubeconfig``, ``--context``, ``--store kubernetes|memory|local[:PATH]``,
@@ -27,11 +31,23 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from konductor._errors import InvalidArgument, KonductorError, WaitTimeout
-from konductor.cli import _barrier, _install, _lease, _once, _semaphore, _status
+from konductor.cli import (
+    _barrier,
+    _delete,
+    _install,
+    _lease,
+    _locks,
+    _once,
+    _semaphore,
+    _status,
+)
 from konductor.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -43,7 +59,15 @@ from konductor.cli._common import (
 )
 from konductor.cli._options import Handler
 
-__all__ = ("EXIT_ERROR", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "build_parser", "main")
+__all__ = (
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "build_parser",
+    "console",
+    "main",
+)
 
 EPILOG = """\
 exit codes:
@@ -53,8 +77,11 @@ exit codes:
   3    timeout: --timeout passed before the wait ended
   N    `... run`: the command's own exit code (127: not found, 126: not executable)
   128+N  stopped by signal N before finishing (130: Ctrl-C); what was held is released
+  141    the reader of the output went away (`konductor status | head -1`)
 
-See docs/cli.md for every command.
+`konductor COMMAND --help` describes each command in full: what it does, its
+options and defaults. (The guide with examples, docs/cli.md, is part of
+konductor's source repository, not of the installed package.)
 """
 
 
@@ -121,10 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     _install.register(groups, parent)
     _status.register(groups, parent)
+    _delete.register(groups, parent)
     _semaphore.register(groups, parent)
     _barrier.register(groups, parent)
     _lease.register(groups, parent)
     _once.register(groups, parent)
+    _locks.register(groups, parent)
     return parser
 
 
@@ -181,16 +210,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{leaf.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     args.command = command or []
+    session = Session(args)
     with _logging(args.verbose):
         try:
-            return asyncio.run(_run(args))
+            return asyncio.run(_run(session))
         except KeyboardInterrupt:  # a signal before the handlers were installed
             return 130
+        finally:
+            session.restore_signals(ignore=_exiting)
 
 
-async def _run(args: argparse.Namespace) -> int:
-    session = Session(args)
+#: Set by :func:`console`: the process exits right after :func:`main` returns.
+_exiting = False
+
+
+def console() -> NoReturn:
+    """The ``konductor`` console script: :func:`main`, then exit with its code.
+
+    A stop signal that arrives after the command finished, while the
+    interpreter shuts down, is ignored: the exit code is the one the command
+    decided (see :meth:`Session.restore_signals`).
+    """
+    global _exiting
+    _exiting = True
+    sys.exit(main())
+
+
+async def _run(session: Session) -> int:
     session.install_signal_handlers()
+    code = EXIT_ERROR  # if something unexpected escapes
+    try:
+        code = await _outcome(session)
+        return code
+    finally:
+        session.finish_signals(code)
+
+
+async def _outcome(session: Session) -> int:
+    args = session.args
     leaf: argparse.ArgumentParser = args.parser
     try:
         try:
@@ -215,5 +272,16 @@ async def _run(args: argparse.Namespace) -> int:
     except KonductorError as exc:
         session.error(str(exc))
         return EXIT_ERROR
-    finally:
-        session.remove_signal_handlers()
+    except BrokenPipeError:
+        # The reader of our output went away (``konductor status | head -1``):
+        # stop quietly, as a command killed by SIGPIPE would, and keep the
+        # interpreter's final flush of stdout from failing again.
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
+
+
+def _silence_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

@@ -22,14 +22,18 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
+from types import FrameType
 from typing import IO, Any, TypeVar
 
 import yaml
 
 from konductor._client import Client
 from konductor._errors import ConfigurationError, KonductorError, NotFound
+from konductor._names import validate_name
 from konductor._primitives._grant import Grant
 from konductor._store._base import Store, StoredObject
 from konductor._store._kinds import Kind
@@ -221,7 +225,12 @@ class Session:
         # Set by ``run`` while its child runs: signals go to the child instead.
         self.forward: Callable[[int], None] | None = None
         self.child_signal: int | None = None  # first signal received while the child ran
-        self._installed: list[int] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._old_wakeup_fd = -1
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
+        #: Set once the command has finished: a late stop signal exits with it.
+        self.exit_code: int | None = None
 
     # -- store and client -----------------------------------------------------------
 
@@ -237,9 +246,17 @@ class Session:
             UsageError: ``--store`` names no known store, or ``--kubeconfig`` /
                 ``--context`` was combined with a store that is not Kubernetes.
             ConfigurationError: nothing is configured (see docs/client.md).
+            StoreNotFound: a read-only command (get, list, status) names a local
+                store file that does not exist; it is not created.
         """
         if self._store is None:
-            self._store = build_store(self.args)
+            store = build_store(self.args)
+            if getattr(self.args, "read_only", False):
+                name = getattr(self.args, "name", None)
+                if isinstance(name, str):
+                    validate_name(name)  # a bad name is a usage error, whatever the store
+                _check_exists(store)
+            self._store = store
         return self._store
 
     def client(self) -> Client:
@@ -288,21 +305,77 @@ class Session:
     # -- signals --------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """Route stop signals to :meth:`_on_signal` (main thread only; a no-op elsewhere)."""
-        loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        for signum in (*STOP_SIGNALS, *FORWARD_ONLY):
-            try:
-                loop.add_signal_handler(signum, self._on_signal, signum)
-            except (RuntimeError, ValueError, NotImplementedError):
-                continue  # not the main thread (an embedding caller): keep the defaults
-            self._installed.append(signum)
+        """Route stop signals to :meth:`_on_signal` (main thread only; a no-op elsewhere).
 
-    def remove_signal_handlers(self) -> None:
+        The handlers are Python-level ones (``signal.signal``), not the loop's
+        ``add_signal_handler``: those are reset to the default action when the
+        loop closes, and a SIGTERM in the last milliseconds of the exit then
+        killed the process (exit status 143 instead of the code it had already
+        decided). Ours stay installed until :meth:`restore_signals`, so every
+        signal is handled, from the start of the command to the process's end.
+        A wake-up socket makes the loop notice a signal at once, whichever
+        thread the kernel delivered it to.
+        """
         loop = asyncio.get_running_loop()
-        for signum in self._installed:
-            loop.remove_signal_handler(signum)
-        self._installed.clear()
+        self._loop = loop
+        self._stop = asyncio.Event()
+        if threading.current_thread() is not threading.main_thread():
+            return  # an embedding caller on another thread: keep the defaults
+        self._wake = socket.socketpair()
+        for sock in self._wake:
+            sock.setblocking(False)
+        self._old_wakeup_fd = signal.set_wakeup_fd(
+            self._wake[1].fileno(), warn_on_full_buffer=False
+        )
+        loop.add_reader(self._wake[0].fileno(), self._drain_wakeups)
+        for signum in (*STOP_SIGNALS, *FORWARD_ONLY):
+            self._previous[signum] = signal.signal(signum, self._signal_arrived)
+
+    def _drain_wakeups(self) -> None:
+        assert self._wake is not None
+        with contextlib.suppress(OSError):
+            while self._wake[0].recv(512):
+                pass
+
+    def _signal_arrived(self, signum: int, frame: FrameType | None) -> None:
+        # A Python-level handler: runs on the main thread between two bytecodes,
+        # possibly in the middle of the loop's own code; hand the signal to the loop.
+        if self.exit_code is not None:
+            # The command has finished and decided its exit code; the process is
+            # on its way out. Leave now, with that code, not with the signal's.
+            for stream in (self.out, self.err):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(self.exit_code)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_signal, signum)
+
+    def finish_signals(self, exit_code: int) -> None:
+        """The command has decided ``exit_code``: a stop signal from now on exits with it.
+
+        Called on the loop before it closes; the Python-level handlers stay in
+        place (see :meth:`restore_signals`).
+        """
+        self.exit_code = exit_code
+        if self._wake is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(self._wake[0].fileno())
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            for sock in self._wake:
+                sock.close()
+            self._wake = None
+
+    def restore_signals(self, *, ignore: bool = False) -> None:
+        """After the loop closed: give the signals back (``ignore``: ignore them until exit).
+
+        ``ignore`` is for the ``konductor`` command itself, just before the
+        interpreter exits: an ignored signal stays ignored through the
+        interpreter's finalization, where a handled one reverts to the default
+        action (which would kill the process with 128 + N).
+        """
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_IGN if ignore else previous)
+        self._previous.clear()
 
     def _on_signal(self, signum: int) -> None:
         if self.forward is not None:  # a child runs: it decides how to stop
@@ -403,6 +476,11 @@ class Session:
         self.say(f"released {what} {grant.name!r} (token {grant.token})")
         return EXIT_OK
 
+    @property
+    def interactive(self) -> bool:
+        """Whether a person can answer a question: stdin and stderr are terminals."""
+        return _isatty(sys.stdin) and _isatty(self.err)
+
     # -- progress -------------------------------------------------------------------
 
     async def watching(
@@ -454,7 +532,47 @@ async def follow(
             await asyncio.sleep(2.0)
 
 
+async def confirm(s: Session, question: str) -> bool:
+    """Ask ``question`` on the terminal; true for an answer starting with ``y``.
+
+    Reads stdin without a thread (a reader on the loop), so a stop signal
+    cancels the question at once.
+    """
+    s.progress.clear()
+    s.err.write(question)
+    s.err.flush()
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        if not answer.done():
+            answer.set_result(os.read(fd, 1024).decode(errors="replace"))
+
+    loop.add_reader(fd, readable)
+    try:
+        text = await answer
+    finally:
+        loop.remove_reader(fd)
+    return text.strip().lower().startswith("y")
+
+
 # -- store selection ------------------------------------------------------------------
+
+
+class StoreNotFound(KonductorError):
+    """A read-only command was pointed at a local store that does not exist."""
+
+
+def _check_exists(store: Store) -> None:
+    from konductor._store._local import LocalStore
+
+    if isinstance(store, LocalStore) and not store.path.exists():
+        raise StoreNotFound(
+            f"the local store {store.path} does not exist, so there is nothing to show; check "
+            "the path in --store / KONDUCTOR_STORE (a command that writes, such as "
+            "`semaphore create`, creates it)"
+        )
 
 
 def build_store(args: argparse.Namespace) -> Store:

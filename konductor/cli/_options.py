@@ -17,6 +17,10 @@ Handler = Callable[[Session], Awaitable[int]]
 Render = Callable[[StoredObject | None], str]
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
+#: Commands that only read: they never create a store (a mistyped local path
+#: must not become a new, empty database), see ``Session.store``.
+READ_ONLY = frozenset({"get", "list", "status"})
+
 FORMATTER = argparse.HelpFormatter
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -54,7 +58,7 @@ def leaf(
         formatter_class=RAW if raw else FORMATTER,
         usage=usage,
     )
-    p.set_defaults(handler=handler, parser=p, run=run)
+    p.set_defaults(handler=handler, parser=p, run=run, read_only=name in READ_ONLY)
     return p
 
 

@@ -22,6 +22,7 @@ from konductor.cli._common import (
     table,
 )
 from konductor.cli._describe import in_use, queue_entries, semaphore_state
+from konductor.cli._locks import force_release
 
 log = logging.getLogger("konductor.cli")
 
@@ -307,56 +308,7 @@ async def acquire(s: Session) -> int:
 
 
 async def release(s: Session) -> int:
-    a = s.args
-    store = s.store()
-    while True:
-        obj = await store.get(SEMAPHORE, a.name)
-        entries = queue_entries(obj.status)
-        chosen = [
-            e
-            for e in entries
-            if a.all
-            or (a.holder is not None and e.identity == a.holder)
-            or (a.id is not None and e.id == a.id)
-        ]
-        if not chosen:
-            if a.all:
-                break
-            which = f"--holder {a.holder}" if a.holder is not None else f"--id {a.id}"
-            raise NotFound(
-                f"no holder or waiter of semaphore {a.name!r} matches {which} "
-                f"(see `konductor semaphore get {a.name}`)"
-            )
-        out = qstate.release(
-            obj.status, obj.spec, {str(e.id) for e in chosen}, (), qstate.SEMAPHORE
-        )
-        if out.status is None:
-            break
-        try:
-            await store.replace_status(SEMAPHORE, a.name, out.status, version=obj.version)
-        except Conflict:
-            continue
-        break
-
-    def render() -> str:
-        if not chosen:
-            return f"semaphore {a.name!r} has no holders or waiters: nothing removed"
-        lines = [
-            f"removed {len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'} from "
-            f"semaphore {a.name!r}:"
-        ]
-        lines += [
-            f"  {e.role} {e.identity} (id {e.id}"
-            + (f", token {e.token})" if e.token is not None else ")")
-            for e in chosen
-        ]
-        return "\n".join(lines)
-
-    s.emit(
-        {"name": a.name, "namespace": store.namespace, "removed": [e.to_json() for e in chosen]},
-        render,
-    )
-    return EXIT_OK
+    return await force_release(s, SEMAPHORE, qstate.SEMAPHORE, "semaphore", show="get")
 
 
 async def run(s: Session) -> int:

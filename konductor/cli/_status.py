@@ -22,7 +22,7 @@ def register(groups: opt.SubParsers, parent: object) -> None:
         parents=[parent],  # type: ignore[list-item]
         formatter_class=opt.FORMATTER,
     )
-    p.set_defaults(handler=status, parser=p, run=False)
+    p.set_defaults(handler=status, parser=p, run=False, read_only=True)
 
 
 async def _gate_row(s: Session, obj: StoredObject) -> Row:

@@ -22,10 +22,13 @@ How (the default ``mode="reserve"``, job-level, no API call per checkout):
   per ``grow_interval`` seconds, to take more permits one at a time (never
   queueing: a process still waiting for its minimum goes first), up to
   ``pool_size``. ``grow_interval=None`` turns growth off.
-- A grant that cannot be renewed in time is **lost**: that is logged as an
-  error on ``konductor.sqlalchemy``, idle connections are closed at once, the
-  ones in use are closed when returned, and no connection beyond what is
-  still held is handed out.
+- A grant that cannot be renewed in time is **lost** (on the holder's own
+  deadline, before anyone else can be granted it): that is logged as an
+  error on ``konductor.sqlalchemy``, idle connections are closed at once,
+  then connections in use beyond what is still held are invalidated (their
+  statement in flight raises ``sqlalchemy.exc.OperationalError``, their next
+  one a disconnect error), and no connection beyond what is still held is
+  handed out.
 
 ``mode="per_connection"`` instead acquires one permit per checkout and closes
 the connection at checkin: two API calls and a fresh database connection per

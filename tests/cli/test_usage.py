@@ -92,7 +92,9 @@ def test_global_options_go_before_or_after_the_command(
 def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for word in ("install", "manifests", "status", "semaphore", "barrier", "lease", "gate", "once"):
+    for word in ("install", "uninstall", "manifests", "status", "semaphore", "barrier", "lease"):
+        assert word in out
+    for word in ("gate", "once", "mutex", "rwmutex", "waitgroup", "delete", "COMMAND --help"):
         assert word in out
     assert "exit codes" in out
     assert main(["semaphore", "run", "--help"]) == 0

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -245,3 +249,102 @@ def test_once_and_barrier_decorators_sync() -> None:
         return 7
 
     assert start() == 7
+
+
+SCRIPT_ALL_DECORATORS = """
+import asyncio, sys
+import konductor
+
+@konductor.with_semaphore("exports", permits=2)
+async def export():
+    return "exported"
+
+@konductor.with_mutex("reindex")
+async def reindex():
+    return "reindexed"
+
+@konductor.with_lease("scheduler", ttl=5)
+async def lead():
+    return "led"
+
+@konductor.once("migrations")
+async def migrate():
+    return "migrated"
+
+@konductor.barrier("start", expected=1)
+async def start():
+    return "started"
+
+print(asyncio.run(export()), asyncio.run(reindex()), asyncio.run(lead()),
+      asyncio.run(migrate()), asyncio.run(start()))
+"""
+
+
+def _run_script(env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **env_extra, "PYTHONWARNINGS": "default"}
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT_ALL_DECORATORS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_async_decorators_work_under_asyncio_run_and_exit_clean(tmp_path: Path) -> None:
+    # The user's first try: decorate, then asyncio.run(f()) from plain code,
+    # one new loop per call. Each call's client is closed with its loop.
+    done = _run_script({"KONDUCTOR_STORE": f"local:{tmp_path / 'k.db'}"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["exported", "reindexed", "led", "migrated", "started"]
+    assert done.stderr == ""
+
+
+@pytest.mark.kubernetes
+def test_async_decorators_under_asyncio_run_close_their_kubernetes_sessions(
+    kube_crds: Any,
+) -> None:
+    # Without closing the loop's default client, aiohttp prints "Unclosed client
+    # session" / "Unclosed connector" when the loop's objects are collected.
+    ns = fresh_namespace(kube_crds)
+    done = _run_script(
+        {
+            "KONDUCTOR_STORE": "kubernetes",
+            "KUBECONFIG": str(kube_crds.admin_kubeconfig),
+            "KONDUCTOR_NAMESPACE": ns,
+        }
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["exported", "reindexed", "led", "migrated", "started"]
+    assert "Unclosed" not in done.stderr, done.stderr
+    assert done.stderr == ""
+
+
+def test_configure_does_not_close_a_client_that_a_running_coroutine_uses() -> None:
+    # configure() drops the default clients; one still in use on a running loop
+    # keeps working, and is closed when that loop shuts down.
+    seen: list[Client] = []
+
+    async def main() -> None:
+        client = default_client()
+        seen.append(client)
+        permit = await client.acquire_semaphore("in-use", 1)
+        configure(store=MemoryStore)
+        for _ in range(5):
+            await asyncio.sleep(0)  # let a (wrong) finalizer-driven close run, if any
+        import gc
+
+        gc.collect()
+        await asyncio.sleep(0.01)
+        assert not permit.is_lost
+        other = await client.try_acquire_semaphore("other", 1)  # the old client still works
+        assert other is not None
+        await other.release()
+        await permit.release()
+        assert default_client() is not client
+
+    asyncio.run(main())
+    from konductor import ClientClosed
+
+    with pytest.raises(ClientClosed):  # closed with its loop
+        asyncio.run(seen[0].try_acquire_semaphore("in-use", 1))

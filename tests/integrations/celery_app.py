@@ -40,6 +40,10 @@ if os.environ.get("KT_STORE_FACTORY"):
     from konductor import KubernetesStore
 
     def _store() -> KubernetesStore:
+        if os.environ["KT_STORE_FACTORY"] == "defaults":  # the bounds must not need tuning
+            return KubernetesStore(
+                os.environ["KONDUCTOR_NAMESPACE"], kubeconfig=os.environ["KT_STORE_KUBECONFIG"]
+            )
         return KubernetesStore(
             os.environ["KONDUCTOR_NAMESPACE"],
             kubeconfig=os.environ["KT_STORE_KUBECONFIG"],
@@ -284,3 +288,28 @@ def short_after(*, key: str) -> str:
     enter(key)
     leave(key)
     return "short"
+
+
+# -- a holder whose network is cut (its worker reaches the API server through a proxy) ----
+
+CUT = {"semaphore": "cut-off", "permits": 1, "ttl": 3}
+
+
+@app.task(base=CoordinatedTask, bind=True, **CUT)
+def cut_off_holder(self: CoordinatedTask, *, key: str) -> int:
+    """Hold the permit, checking it between steps of work as user code should."""
+    assert self.permit is not None
+    r = witness()
+    r.set(f"{key}:holder-in", f"{time.time():.6f}")
+    deadline = time.monotonic() + 120
+    while not self.permit.is_lost and time.monotonic() < deadline:
+        time.sleep(0.01)  # one step of work
+    r.set(f"{key}:holder-lost", f"{time.time():.6f}")
+    return self.permit.token  # not trusted: the task fails with SemaphoreLost
+
+
+@app.task(base=CoordinatedTask, bind=True, on_full="wait", wait_timeout=60, **CUT)
+def cut_off_rival(self: CoordinatedTask, *, key: str) -> int:
+    assert self.permit is not None
+    witness().rpush(f"{key}:rival-in", f"{time.time():.6f}")
+    return self.permit.token

@@ -44,6 +44,7 @@ class CeleryCluster:
         self.key = f"kt-witness:{self.queue}"
         self.logs = tmp_path
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.queues: dict[str, int] = {}  # queue -> workers started on it
         self.redis = redis.Redis.from_url(BROKER)
         self.client = Celery("kt-client", broker=BROKER, backend=BROKER, set_as_current=False)
         self.env = {
@@ -58,9 +59,24 @@ class CeleryCluster:
 
     # -- workers ----------------------------------------------------------------------
 
-    def start(self, count: int = 2, concurrency: int = 2, pool: str = "prefork") -> None:
-        """Start ``count`` workers and wait until each says it is ready."""
+    def start(
+        self,
+        count: int = 2,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        *,
+        queue: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Start ``count`` workers and wait until each says it is ready.
+
+        ``queue``: a queue of their own (default: the test's queue); ``env``: extra
+        environment for these workers only.
+        """
+        queue = queue or self.queue
         first = len(self.procs)
+        self.queues.setdefault(queue, 0)
+        self.queues[queue] += count
         for i in range(first, first + count):
             with open(self.logs / f"worker{i}.log", "wb") as log:
                 self.procs.append(
@@ -76,9 +92,9 @@ class CeleryCluster:
                             "-c",
                             str(concurrency),
                             "-Q",
-                            self.queue,
+                            queue,
                             "-n",
-                            f"w{i}.{self.queue}@%h",
+                            f"w{i}.{queue}@%h",
                             "--without-gossip",
                             "--without-mingle",
                             "--without-heartbeat",
@@ -88,12 +104,13 @@ class CeleryCluster:
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         cwd=ROOT,
-                        env=self.env,
+                        env={**self.env, **(env or {}), "KT_CELERY_QUEUE": queue},
                         start_new_session=True,  # its own process group: stop() ends it whole
                     )
                 )
+        expected = self.queues[queue]
         self.wait_for(
-            lambda: self.redis.scard(f"kt-celery:{self.queue}:ready") >= len(self.procs),
+            lambda: self.redis.scard(f"kt-celery:{queue}:ready") >= expected,
             "workers ready",
             timeout=180,
         )
@@ -126,6 +143,9 @@ class CeleryCluster:
 
     def send(self, task: str, *args: Any, **kwargs: Any) -> AsyncResult:
         return self.client.send_task(f"{APP}.{task}", args=args, kwargs=kwargs, queue=self.queue)
+
+    def send_on(self, queue: str, task: str, *args: Any, **kwargs: Any) -> AsyncResult:
+        return self.client.send_task(f"{APP}.{task}", args=args, kwargs=kwargs, queue=queue)
 
     def get(self, result: AsyncResult, timeout: float = 300) -> Any:
         try:
@@ -165,8 +185,9 @@ class CeleryCluster:
 
     def cleanup(self) -> None:
         keys = list(self.redis.scan_iter(f"{self.key}*"))
-        keys += [self.queue, f"kt-celery:{self.queue}:ready"]
-        keys += [f"_kombu.binding.{self.queue}", f"_kombu.binding_permanent.{self.queue}"]
+        for queue in {self.queue, *self.queues}:
+            keys += [queue, f"kt-celery:{queue}:ready"]
+            keys += [f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"]
         self.redis.delete(*keys)
         self.redis.close()
         self.client.close()

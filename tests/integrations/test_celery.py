@@ -9,6 +9,7 @@ checked with an independent witness: Redis counters the task bodies update.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 from typing import Any
@@ -225,3 +226,52 @@ def test_gated_tasks_wait_out_a_store_outage(celery_cluster: CeleryCluster, tmp_
     assert c.count("max") <= 2
     assert c.count("state:FAILURE") == 0
     assert "the coordination store is unavailable" in c.worker_logs(lines=100000)
+
+
+def test_a_blackholed_workers_task_loses_its_permit_before_a_rival_worker_gets_it(
+    celery_cluster: CeleryCluster, tmp_path: Any
+) -> None:
+    # Worker A (prefork, one child) reaches the API server through a proxy, with the
+    # store's default timeouts; worker B directly, on a queue of its own. A's task
+    # holds the permit (ttl=3) and checks it between steps; at a random moment the
+    # proxy is blackholed. The witness is Redis: wall-clock timestamps written by the
+    # task bodies and by the test, all on this machine.
+    c = celery_cluster
+    ttl, margin = 3.0, 1.0
+    rival_queue = f"{c.queue}-b"
+    with ProxyThread(c.kube.server) as proxy:
+        via = kubeconfig_via(c.kube.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+        c.start(
+            count=1,
+            concurrency=1,
+            env={"KT_STORE_FACTORY": "defaults", "KT_STORE_KUBECONFIG": str(via)},
+        )
+        c.start(count=1, concurrency=1, queue=rival_queue)
+        held = c.send("cut_off_holder", key=c.key)
+        c.wait_for(lambda: c.redis.get(f"{c.key}:holder-in"), "the holder inside")
+        time.sleep(random.uniform(0.0, ttl / 3 * 1.2))
+        proxy.proxy.blackhole()
+        cut = time.time()
+        rival = c.send_on(rival_queue, "cut_off_rival", key=c.key)
+        rival_token = c.get(rival, timeout=60)
+        held.get(timeout=60, propagate=False)
+        assert held.state == "FAILURE", c.worker_logs()
+        # The body's return value is not trusted: the task failed with SemaphoreLost.
+        assert type(held.result).__name__ == "SemaphoreLost", repr(held.result)
+        assert "the result is not trusted" in str(held.result)
+        lost = float(c.redis.get(f"{c.key}:holder-lost") or 0)
+        (rival_in,) = (float(v) for v in c.redis.lrange(f"{c.key}:rival-in", 0, -1))
+        print(
+            f"\ncelery blackhole: cut->loss {lost - cut:.3f}s, "
+            f"cut->rival worker granted {rival_in - cut:.3f}s"
+        )
+        assert lost < rival_in  # the holder knew before the rival was inside
+        assert lost - cut <= 0.9 * ttl + margin
+        # The network heals: worker A runs the next one, with a newer token.
+        proxy.restore()
+        again = c.send("cut_off_rival", key=c.key)
+        assert c.get(again, timeout=120) > rival_token
+        c.check_alive()
+    status = c.semaphore_status("cut-off")
+    assert not status.get("holders")
+    assert not status.get("queue")

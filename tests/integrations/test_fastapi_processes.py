@@ -266,3 +266,71 @@ def test_a_gate_that_never_opens_fails_startup_naming_the_gate(cluster: Any) -> 
     assert "gate 'never-opens' not open within 3s" in out
     assert "Application startup failed" in out
     assert witness_lines(cluster.witness) == []  # nothing ran after the gate
+
+
+def test_a_blackholed_leader_steps_down_before_the_other_replica_leads(
+    cluster: Any, tmp_path: Path
+) -> None:
+    # Replica A reaches the API server through a fault proxy (default store timeouts),
+    # replica B directly. A leads; at a random moment the proxy is blackholed. The
+    # witness is the file both append to (lead-start / lead-stop with wall-clock
+    # times) and A's own /konductor, read over HTTP (not through the proxy).
+    import random
+
+    from tests.store.conftest import kubeconfig_via
+    from tests.support.tcpproxy import TcpProxy
+
+    margin = 1.0
+    server = yaml_server(cluster.kubeconfig)
+    host, port = server.removeprefix("https://").rsplit(":", 1)
+    proxy = TcpProxy(host, int(port)).start()
+    try:
+        via = kubeconfig_via(cluster.kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+        a = cluster(FA_EXPECTED="0", KUBECONFIG=str(via))
+        wait_for(a.is_leader, 60, "A leading")
+        b = cluster(FA_EXPECTED="0")
+        wait_for(b.state, 60, "B serving")
+        assert not b.is_leader()
+        token_a = a.state()["leader"]["fencing_token"]  # type: ignore[index]
+        time.sleep(random.uniform(0.0, TTL / 3 * 1.2))
+        proxy.blackhole()
+        cut, cut_wall = time.monotonic(), time.time()
+        wait_for(lambda: not a.is_leader(), 30, "A stepping down", step=0.01)
+        stepped_down = time.monotonic()
+        wait_for(b.is_leader, 30, "B leading", step=0.01)
+        lines = witness_lines(cluster.witness)
+        pid_a, pid_b = str(a.proc.pid), str(b.proc.pid)
+        a_stop = next(float(w[3]) for w in lines if w[0] == "lead-stop" and w[2] == pid_a)
+        b_start = next(float(w[3]) for w in lines if w[0] == "lead-start" and w[2] == pid_b)
+        print(
+            f"\nfastapi blackhole: cut->is_leader false {stepped_down - cut:.3f}s, "
+            f"cut->leader coroutine cancelled {a_stop - cut_wall:.3f}s, "
+            f"cut->other replica leads {b_start - cut_wall:.3f}s"
+        )
+        # Safety: A's leader coroutine was cancelled before B's started.
+        assert a_stop < b_start
+        assert a_stop - cut_wall <= 0.9 * TTL + margin
+        assert stepped_down - cut <= 0.9 * TTL + margin
+        token_b = b.state()["leader"]["fencing_token"]  # type: ignore[index]
+        assert token_b > token_a
+
+        # The network heals; B shuts down (releasing the Lease) and A leads again.
+        proxy.pass_through()
+        time.sleep(1.0)
+        b.proc.send_signal(signal.SIGTERM)
+        b.proc.wait(30)
+        wait_for(a.is_leader, 30, "A leading again")
+        assert a.state()["leader"]["fencing_token"] > token_b  # type: ignore[index]
+        time.sleep(0.8)  # a tick of A's new leadership
+        order = leaders_never_overlap(witness_lines(cluster.witness))
+        assert [pid for pid, _ in order] == [pid_a, pid_b, pid_a]
+    finally:
+        proxy.close()
+
+
+def yaml_server(kubeconfig: Path) -> str:
+    import yaml
+
+    doc = yaml.safe_load(kubeconfig.read_text())
+    server: str = doc["clusters"][0]["cluster"]["server"]
+    return server

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import subprocess
 import sys
 import threading
@@ -301,15 +302,68 @@ def test_a_lost_reservation_is_logged_and_stops_new_connections(
 
         asyncio.run(take_away())
         eventually(lambda: engine.held == 0, what=engine.status())  # next renewal notices
-        eventually(lambda: pg_count(app) == 1, what="idle connections closed at once")
+        # Idle ones and the one in use: none is left open without its permit.
+        eventually(lambda: pg_count(app) == 0, what="connections closed at once")
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert errors, caplog.text
         assert "lost 3 reserved connection permit(s) on semaphore 'lossy'" in errors[0].message
+        # The user of the connection in use sees a disconnect error on its next call.
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as info:
+            conns[0].execute(text("SELECT 1"))
+        assert info.value.connection_invalidated
+        conns[0].close()
         with pytest.raises(sqlalchemy.exc.TimeoutError, match="holds 0 permit"):
             engine.connect()  # nothing beyond what is still held
-        conns[0].close()  # the one in use closes when it comes back
         assert pg_count(app) == 0
         assert "lost=3" in engine.status()
+        assert "in_use=0" in engine.status()
+    finally:
+        engine.close()
+
+
+@pytest.mark.kubernetes
+def test_a_lost_per_connection_permit_closes_its_connection_at_once(
+    kube_crds: Any, app: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="konductor.sqlalchemy")
+    ns = fresh_namespace(kube_crds)
+
+    def store() -> KubernetesStore:
+        return KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
+
+    engine = CoordinatedEngine(
+        SYNC_URL,
+        semaphore="lossy-pc",
+        max_connections=2,
+        mode="per_connection",
+        ttl=3,
+        store=store,
+        connect_args={"application_name": app},
+    )
+    try:
+        conn = engine.connect()
+        conn.execute(text("SELECT 1"))
+        assert pg_count(app) == 1
+
+        async def take_away() -> None:  # as if another client judged us expired
+            async with store() as s:
+                obj = await s.get(SEMAPHORE, "lossy-pc")
+                status = {**obj.status, "holders": [], "inUse": 0}
+                await s.replace_status(SEMAPHORE, "lossy-pc", status, version=obj.version)
+
+        asyncio.run(take_away())
+        # Closed while still checked out: not counted, so not kept open.
+        eventually(lambda: pg_count(app) == 0, what="the connection closed at once")
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert "lost the permit" in errors[0].message
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as info:
+            conn.execute(text("SELECT 1"))
+        assert info.value.connection_invalidated
+        conn.close()
+        with engine.connect() as again:  # a new checkout takes a new permit
+            assert again.execute(text("SELECT 2")).scalar() == 2
+        assert pg_count(app) == 0
+        assert engine.held == 0
     finally:
         engine.close()
 
@@ -379,3 +433,222 @@ async def test_async_engine_from_an_engine_and_per_connection_mode(app: str) -> 
         assert await asyncio.gather(*(job(i) for i in range(3))) == [0, 1, 2]
         assert await asyncio.to_thread(pg_count, app) == 0
         await engine.close()
+
+
+# --- the engine's network to the API server hangs --------------------------------------
+
+
+@pytest.mark.kubernetes
+def test_a_blackholed_engine_closes_its_connections_before_another_engine_gets_the_permits(
+    kube_crds: Any, app: str, tmp_path: Path
+) -> None:
+    # Engine A reaches the API server through a fault proxy (default store timeouts);
+    # it holds all 3 permits: one connection runs a long query, one is checked out
+    # between statements, one is idle. At a random moment the proxy is blackholed.
+    # Witnesses: pg_stat_activity (PostgreSQL's own count of A's connections) and the
+    # moment engine B, with its own direct connection, has reserved the permits.
+    from tests.store.conftest import kubeconfig_via
+    from tests.support.tcpproxy import TcpProxy
+
+    ttl, margin = 3.0, 1.0
+    ns = fresh_namespace(kube_crds)
+    host, port = kube_crds.server.removeprefix("https://").rsplit(":", 1)
+    proxy = TcpProxy(host, int(port)).start()
+    via = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    other_app = f"{app}-b"
+
+    def engine_for(application: str, kubeconfig: Path, **kwargs: Any) -> CoordinatedEngine:
+        return CoordinatedEngine(
+            SYNC_URL,
+            semaphore="cut-db",
+            max_connections=3,
+            pool_size=3,
+            ttl=ttl,
+            store=lambda: KubernetesStore(ns, kubeconfig=kubeconfig),
+            connect_args={"application_name": application},
+            **kwargs,
+        )
+
+    a = engine_for(app, via, pool_timeout=1, grow_interval=0.2)
+    b = engine_for(other_app, kube_crds.admin_kubeconfig, reserve_timeout=60, grow_interval=None)
+    seen: dict[str, float] = {}
+    errors: dict[str, BaseException] = {}
+    try:
+        busy, between, idle = a.connect(), a.connect(), a.connect()
+        between.execute(text("SELECT 1"))
+        idle.close()
+        assert pg_count(app) == 3
+
+        def long_query() -> None:
+            try:
+                busy.execute(text("SELECT pg_sleep(60)"))
+            except sqlalchemy.exc.DBAPIError as exc:
+                errors["busy"] = exc
+                seen["busy-raised"] = time.monotonic()
+
+        def b_reserves() -> None:
+            b.start()
+            seen["b-granted"] = time.monotonic()
+
+        def count_a() -> None:
+            while "a-closed" not in seen and time.monotonic() < seen["cut"] + 30:
+                if pg_count(app) == 0:
+                    seen["a-closed"] = time.monotonic()
+                time.sleep(0.02)
+
+        query = threading.Thread(target=long_query, daemon=True)
+        query.start()
+        eventually(lambda: pg_count(app) == 3, what="the long query running")
+        time.sleep(random.uniform(0.0, ttl / 3 * 1.2))
+        proxy.blackhole()
+        seen["cut"] = time.monotonic()
+        helpers = [threading.Thread(target=f, daemon=True) for f in (b_reserves, count_a)]
+        for t in helpers:
+            t.start()
+        for t in helpers:
+            t.join(70)
+        query.join(30)
+        print(
+            f"\nsqlalchemy blackhole: cut->connections closed {seen['a-closed'] - seen['cut']:.3f}s"
+            f" (long query raised at {seen['busy-raised'] - seen['cut']:.3f}s), "
+            f"cut->other engine reserved {seen['b-granted'] - seen['cut']:.3f}s"
+        )
+        # Safety: PostgreSQL saw A's connections go before B held the permits.
+        assert seen["a-closed"] < seen["b-granted"]
+        assert seen["a-closed"] - seen["cut"] <= 0.9 * ttl + margin
+        assert b.held == 3
+        # What A's users see: the statement in flight fails with OperationalError (the
+        # cancel arrived first: QueryCanceled; or the socket closed: a disconnect), and
+        # the next statement of a connection they had checked out with a disconnect error.
+        assert isinstance(errors["busy"], sqlalchemy.exc.OperationalError), errors["busy"]
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as info:
+            between.execute(text("SELECT 1"))
+        assert info.value.connection_invalidated
+        busy.close()
+        between.close()
+        with pytest.raises(sqlalchemy.exc.TimeoutError, match="holds 0 permit"):
+            a.connect()  # nothing beyond what it still holds
+        assert a.held == 0
+
+        # The network heals and B gives the permits back: A grows into them again.
+        proxy.pass_through()
+        b.dispose()
+        assert pg_count(other_app) == 0
+
+        def a_works() -> bool:
+            try:
+                with a.connect() as conn:
+                    return bool(conn.execute(text("SELECT 1")).scalar() == 1)
+            except sqlalchemy.exc.TimeoutError:
+                return False
+
+        eventually(a_works, timeout=60, what=a.status())
+        assert a.held >= 1
+        a.dispose()
+        assert pg_count(app) == 0
+
+        async def semaphore_status() -> dict[str, Any]:
+            async with KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig) as store:
+                return dict((await store.get(SEMAPHORE, "cut-db")).status)
+
+        status = asyncio.run(semaphore_status())
+        assert not status.get("holders")
+        assert not status.get("queue")
+    finally:
+        a.close()
+        b.close()
+        proxy.close()
+
+
+@pytest.mark.kubernetes
+async def test_a_blackholed_async_engine_closes_its_connections_before_another_gets_the_permits(
+    kube_crds: Any, app: str, tmp_path: Path
+) -> None:
+    from tests.store.conftest import kubeconfig_via
+    from tests.support.tcpproxy import TcpProxy
+
+    ttl, margin = 3.0, 1.0
+    ns = fresh_namespace(kube_crds)
+    host, port = kube_crds.server.removeprefix("https://").rsplit(":", 1)
+    proxy = TcpProxy(host, int(port)).start()
+    via = kubeconfig_via(kube_crds.admin_kubeconfig, f"https://127.0.0.1:{proxy.port}", tmp_path)
+    other_app = f"{app}-b"
+    a = AsyncCoordinatedEngine(
+        ASYNC_URL,
+        semaphore="cut-adb",
+        max_connections=2,
+        pool_size=2,
+        ttl=ttl,
+        store=lambda: KubernetesStore(ns, kubeconfig=via),
+        pool_timeout=1,
+        grow_interval=0.2,
+        connect_args={"server_settings": {"application_name": app}},
+    )
+    b = CoordinatedEngine(
+        SYNC_URL,
+        semaphore="cut-adb",
+        max_connections=2,
+        pool_size=2,
+        ttl=ttl,
+        reserve_timeout=60,
+        store=lambda: KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig),
+        connect_args={"application_name": other_app},
+    )
+    seen: dict[str, float] = {}
+    try:
+        busy = await a.connect().start()
+        between = await a.connect().start()
+        await between.execute(text("SELECT 1"))
+        query = asyncio.ensure_future(busy.execute(text("SELECT pg_sleep(60)")))
+        for _ in range(100):  # the long query running
+            if await asyncio.to_thread(pg_count, app) == 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(random.uniform(0.0, ttl / 3 * 1.2))
+        proxy.blackhole()
+        seen["cut"] = time.monotonic()
+
+        def b_reserves() -> None:
+            b.start()
+            seen["b-granted"] = time.monotonic()
+
+        def count_a() -> None:
+            while "a-closed" not in seen and time.monotonic() < seen["cut"] + 30:
+                if pg_count(app) == 0:
+                    seen["a-closed"] = time.monotonic()
+                time.sleep(0.02)
+
+        await asyncio.gather(asyncio.to_thread(b_reserves), asyncio.to_thread(count_a))
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as in_flight:
+            await asyncio.wait_for(query, 30)
+        print(
+            f"\nasync sqlalchemy blackhole: cut->connections closed "
+            f"{seen['a-closed'] - seen['cut']:.3f}s, "
+            f"cut->other engine reserved {seen['b-granted'] - seen['cut']:.3f}s"
+        )
+        assert seen["a-closed"] < seen["b-granted"]
+        assert seen["a-closed"] - seen["cut"] <= 0.9 * ttl + margin
+        assert in_flight.value.connection_invalidated
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as info:
+            await between.execute(text("SELECT 1"))
+        assert info.value.connection_invalidated
+        await busy.close()
+        await between.close()
+        assert a.held == 0
+
+        proxy.pass_through()
+        await asyncio.to_thread(b.dispose)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                async with a.connect() as conn:
+                    assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+                break
+            except sqlalchemy.exc.TimeoutError:
+                assert time.monotonic() < deadline, a.status()
+        await a.dispose()
+        assert await asyncio.to_thread(pg_count, app) == 0
+    finally:
+        await a.close()
+        await asyncio.to_thread(b.close)
+        proxy.close()

@@ -415,6 +415,31 @@ async def test_a_corrupt_spec_is_refused_with_the_kubectl_edit_hint(
         await p.release()
 
 
+@pytest.mark.parametrize("backend", ["memory", "local"], indirect=True)
+async def test_a_client_that_saw_a_corrupt_spec_works_right_after_the_repair(
+    clients: Clients, backend: Backend
+) -> None:
+    """Its cache holds the corrupt spec and no watch is open: it re-reads before refusing."""
+    _a, held = await _held_status(clients)
+    obj = await backend.store.get(SEMAPHORE, "sem")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_memory, "validate_spec", lambda *a: None)
+        mp.setattr(_local, "validate_spec", lambda *a: None)
+        obj = await backend.store.replace_spec(
+            SEMAPHORE, "sem", {"permits": "two"}, version=obj.version
+        )
+    late = clients()
+    with pytest.raises(CorruptState):
+        await late.try_acquire_semaphore("sem")
+    await backend.store.replace_spec(SEMAPHORE, "sem", {"permits": 3}, version=obj.version)
+    permit = await late.try_acquire_semaphore("sem")
+    assert permit is not None
+    assert permit.token > max(p.token for p in held)
+    await permit.release()
+    for p in held:
+        await p.release()
+
+
 async def _start_barrier(c: Client) -> None:
     await c.arrive_barrier("obj", 3)
 

@@ -124,3 +124,30 @@ async def test_a_dead_waiter_does_not_block_the_queue() -> None:
     assert granted.token > permit.token
     final = await store.get(SEMAPHORE, "q")
     assert [q["id"] for q in final.status["queue"]] == []
+
+
+async def test_a_holder_whose_object_is_deleted_loses_at_its_next_renewal() -> None:
+    # An operator's reset (`konductor delete semaphore s`): the grant is gone for good,
+    # so the holder loses it at once, not after failing to renew until its deadline.
+    store, clock = MemoryStore(), FakeClock()
+    client = Client(store, clock=clock)
+    cancelled = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def hold() -> None:
+        async with client.semaphore("s", permits=1, ttl=9):
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    task = asyncio.ensure_future(hold())
+    await asyncio.wait_for(entered.wait(), 5)
+    await store.delete(SEMAPHORE, "s")
+    await clock.advance(3.1)  # one renewal period (ttl/3), far before the 8.1 s deadline
+    with pytest.raises(SemaphoreLost, match="was deleted"):
+        await asyncio.wait_for(task, 5)
+    assert cancelled.is_set()
+    await client.close()

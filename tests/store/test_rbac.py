@@ -161,3 +161,32 @@ async def test_a_role_missing_any_one_verb_gives_forbidden_naming_it(
             await call()
         assert verb in str(caught.value)
         assert kind.plural in str(caught.value)
+
+
+@pytest.mark.parametrize("timeout", [30.0, None])
+async def test_a_waiter_that_may_not_watch_gets_forbidden_not_a_timeout(
+    kube_crds: Any, timeout: float | None
+) -> None:
+    """Forbidden on the watch reaches the waiter: it neither times out nor waits forever."""
+    ns = fresh_namespace(kube_crds)
+    _sa, role, binding = rbac(ns)
+    for rule in role["rules"]:
+        if "semaphores" in rule["resources"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "watch"]
+    _bind(kube_crds, ns, role, binding)
+    async with (
+        Client(KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)) as admin,
+        Client(KubernetesStore(ns, kubeconfig=kube_crds.bob_kubeconfig)) as bob,
+    ):
+        held = await admin.acquire_semaphore("full", permits=1, ttl=5)
+        await _until_granted(lambda: bob.try_acquire_semaphore("full", ttl=5))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(Forbidden) as caught:
+            await asyncio.wait_for(bob.acquire_semaphore("full", ttl=5, timeout=timeout), 20)
+        assert "watch" in str(caught.value)
+        assert loop.time() - start < 10  # not after its timeout, and not never
+        await held.release()
+        # Nothing left behind: the refused waiter's ticket was withdrawn.
+        obj = await admin._rt.store.get(SEMAPHORE, "full")
+        assert obj.status["queue"] == []

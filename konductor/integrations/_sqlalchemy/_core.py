@@ -16,10 +16,13 @@ new permit into the queue, which wakes a waiting checkout at once: that is
 how the pool is "resized" without rebuilding it.
 
 Losing a grant (it could not be renewed within its TTL) is logged as an
-error and turns its permits into **debt**: idle connections and tokens are
-dropped at once, and connections in use are closed when they come back,
-until the slots match what is still held. New connections beyond what is
-held are never handed out.
+error and turns its permits into **debt**, paid at once: idle connections and
+tokens are dropped, then, if that is not enough, connections in use are
+invalidated (the statement in flight is cancelled where the driver can, the
+socket closed), until the slots match what is still held. That happens when
+the grant's ``lost`` event fires, on the holder's own deadline, so the
+database sees the connections go before anyone else can be granted the
+permits. New connections beyond what is held are never handed out.
 
 Every structure is per process: after ``fork()`` the child forgets the
 parent's grants and connections (without closing them: they are the
@@ -32,6 +35,7 @@ import asyncio
 import atexit
 import concurrent.futures.thread  # noqa: F401 - registers its exit hook before ours
 import contextlib
+import inspect
 import logging
 import os
 import threading
@@ -47,7 +51,7 @@ from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util import queue as sqla_queue
 
 from konductor._client import Client
-from konductor._errors import InvalidArgument, KonductorError
+from konductor._errors import InvalidArgument, KonductorError, SemaphoreLost
 from konductor._primitives._semaphore import Permit
 from konductor._store._base import Store
 from konductor._sync import SyncClient, SyncGrant
@@ -62,7 +66,9 @@ Mode = Literal["reserve", "per_connection"]
 StoreSource = Store | Callable[[], Store] | None
 Item = ConnectionPoolEntry | None  # an idle connection, or a token (a permit, no connection yet)
 Handle = SyncGrant[Permit] | Permit
-LOSS_CHECK = 1.0  # seconds between the background checks for a lost grant (local, no API call)
+#: Seconds between the background checks for a lost grant (local, no API call). A loss is
+#: acted on when the grant's ``lost`` event fires; this check is only the fallback.
+LOSS_CHECK = 1.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,33 @@ def _close(record: ConnectionPoolEntry) -> None:
         log.warning("closing a pooled connection failed", exc_info=True)
 
 
+def _terminate(record: ConnectionPoolEntry, why: str) -> None:
+    """Take a connection in use away from its user: its permit is gone.
+
+    The statement in flight is cancelled first where the driver offers a
+    blocking ``cancel()`` (psycopg, psycopg2: safe from another thread), so
+    that the server ends the backend now rather than when the query would
+    finish; then the record is invalidated, which closes the socket. The
+    statement in flight raises ``sqlalchemy.exc.OperationalError`` (the
+    cancel, or the closed socket); the next call on that connection raises the
+    dialect's disconnect error (``connection_invalidated`` true).
+    """
+    cancel = getattr(record.driver_connection, "cancel", None)
+    if callable(cancel) and not inspect.iscoroutinefunction(cancel):
+        try:
+            cancel()
+        except Exception:
+            log.debug("cancelling the statement of a connection that lost its permit failed")
+    try:
+        record.invalidate(LostConnection(why))
+    except Exception:
+        log.warning("closing a connection that lost its permit failed", exc_info=True)
+
+
+class LostConnection(SemaphoreLost):
+    """The permit this database connection was counted under was lost; it was closed."""
+
+
 class Core:
     """Accounting shared by the sync and async reservations (one per engine and process)."""
 
@@ -114,6 +147,9 @@ class Core:
         self._lock = threading.Lock()
         self.queue = self._new_queue()
         self._records: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
+        # Checked out (reserve mode), and taken away after a loss until they come back.
+        self._out: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
+        self._dropped: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
         self.bound: weakref.WeakKeyDictionary[ConnectionPoolEntry, Handle] = (
             weakref.WeakKeyDictionary()
         )
@@ -157,6 +193,7 @@ class Core:
                 return False
             self.grants.append(handle)
             self.held += count
+            _permit(handle)._entry.on_lost.append(self._lost_now)
             if self.s.mode == "per_connection":
                 return True
             covered = min(self.debt, count)
@@ -176,13 +213,31 @@ class Core:
                 self.slots -= 1
             else:
                 self.in_use += 1
+            if not reclaim and item is not None:
+                self._out.add(item)
         if reclaim and item is not None:
             self._records.discard(item)
             _close(item)
         return not reclaim
 
-    def created(self, record: ConnectionPoolEntry) -> None:
-        self._records.add(record)
+    def created(self, record: ConnectionPoolEntry) -> bool:
+        """A connection was opened for a token: hand it out (True), or pay a debt (False).
+
+        A loss may have come while it was being opened: then it is closed at once.
+        """
+        with self._lock:
+            self._records.add(record)
+            reclaim = self.debt > 0
+            if reclaim:
+                self.debt -= 1
+                self.slots -= 1
+                self.in_use -= 1
+            else:
+                self._out.add(record)
+        if reclaim:
+            self._records.discard(record)
+            _close(record)
+        return not reclaim
 
     def unclaim_token(self) -> None:
         """Opening a connection for a token failed: the token goes back."""
@@ -200,6 +255,11 @@ class Core:
             if record not in self._records:  # the parent's, from before a fork
                 return
             self.in_use -= 1
+            self._out.discard(record)
+            if record in self._dropped:  # taken away after a loss: its slot is paid
+                self._dropped.discard(record)
+                self._records.discard(record)
+                return
             reclaim = self.debt > 0
             if reclaim:
                 self.debt -= 1
@@ -263,13 +323,16 @@ class Core:
                     self.debt += count
             self._lost.extend(lost)
             held, in_use = self.held, self.in_use
+            lost_ids = {id(h) for h in lost}
+            bound = [r for r, h in list(self.bound.items()) if id(h) in lost_ids]
         for h in lost:
             p = _permit(h)
             if self.s.mode == "reserve":
                 log.error(
                     "lost %d reserved connection permit(s) on semaphore %r (token %d): %s. "
-                    "Idle connections are closed; this process now hands out at most %d "
-                    "connection(s); the %d in use are closed when they are returned.",
+                    "Idle connections are closed, then connections in use beyond what is "
+                    "still held (their next call raises a disconnect error); this process "
+                    "now hands out at most %d connection(s) (%d were in use).",
                     p.count,
                     p.name,
                     p.token,
@@ -280,14 +343,33 @@ class Core:
             else:
                 log.error(
                     "lost the permit (token %d) of a connection in use on semaphore %r: %s. "
-                    "The connection is closed when it is returned; until then it is not "
-                    "counted cluster-wide.",
+                    "The connection is closed now; its next call raises a disconnect error.",
                     p.token,
                     p.name,
                     p.lost_reason or "lost",
                 )
         if self.s.mode == "reserve":
             self.reclaim_idle()
+            bound = self._take_in_use()
+        why = f"its permit on semaphore {self.s.semaphore!r} was lost"
+        for record in bound:
+            _terminate(record, why)
+
+    def _take_in_use(self) -> list[ConnectionPoolEntry]:
+        """After idle slots paid what they could: the connections in use that must go."""
+        with self._lock:
+            taken = []
+            while self.debt > 0 and self._out:
+                record = self._out.pop()
+                self._dropped.add(record)
+                self.debt -= 1
+                self.slots -= 1
+                taken.append(record)
+        return taken
+
+    def _lost_now(self, reason: str) -> None:
+        """A grant's ``lost`` event fired (on the client's loop): act on it now."""
+        raise NotImplementedError
 
     def take_lost(self) -> list[Handle]:
         with self._lock:
@@ -444,6 +526,19 @@ class SyncCore(Core):
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _lost_now(self, reason: str) -> None:
+        # On the SyncClient's loop thread, which must not wait for the database.
+        threading.Thread(
+            target=self._collect_now, name="konductor-sqlalchemy-lost", daemon=True
+        ).start()
+
+    def _collect_now(self) -> None:
+        try:
+            self.collect_lost()
+        except Exception:
+            log.exception("konductor SQLAlchemy: acting on a lost grant failed")
+        self._wake.set()  # the maintenance thread releases what was lost
 
     # -- start ------------------------------------------------------------------------
 
@@ -655,6 +750,19 @@ class AsyncCore(Core):
         if self._wake_event is not None:
             self._wake_event.set()
 
+    def _lost_now(self, reason: str) -> None:
+        # On the engine's event loop (the client's): close in a task of its own.
+        task = asyncio.get_running_loop().create_task(self._collect_now())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _collect_now(self) -> None:
+        try:
+            await greenlet_spawn(self.collect_lost)
+        except Exception:
+            log.exception("konductor SQLAlchemy: acting on a lost grant failed")
+        self.wake()
+
     # -- start ------------------------------------------------------------------------
 
     def before_checkout(self) -> None:
@@ -840,6 +948,7 @@ class AsyncCore(Core):
 # --- process-wide hooks --------------------------------------------------------------
 
 _cores: weakref.WeakSet[Core] = weakref.WeakSet()
+_background: set[asyncio.Task[None]] = set()  # loss handling in flight (strong references)
 _exit_hooks_pid: int | None = None
 
 

@@ -88,7 +88,8 @@ class ReservedPool(_CoordinatedPool):
             except BaseException:
                 core.unclaim_token()
                 raise
-            core.created(record)
+            if not core.created(record):
+                continue  # a loss came while it was opened: it paid the debt
             return record
 
     def _wait(self, deadline: float) -> Item:
