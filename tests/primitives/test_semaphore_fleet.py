@@ -27,8 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "support" / "fleet_worker.py"
 PROCESSES = 12
 PERMITS = 4
-ROUNDS = 6
-HOLD = 0.05
+ROUNDS = 4
+# Long against a handoff, so that all permits are in use at once whenever the
+# fleet waits: with 50 ms holds konductor (main f2aa402) hands permits on so
+# slowly under 12 waiting processes that the witness sometimes never sees 4
+# holders (peak 3), which is issue 12's throughput problem, measured by
+# benchmarks/contention.py, not a safety property to assert here.
+HOLD = 0.5
 
 
 def test_twelve_processes_share_four_permits_safely(kube_crds: Any) -> None:
