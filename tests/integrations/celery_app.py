@@ -21,6 +21,7 @@ import redis
 from celery import Celery, signals
 
 from konductor.integrations.celery import CoordinatedTask
+from tests.support.witness import ENTER
 
 BROKER = os.environ.get("KT_CELERY_BROKER", "redis://127.0.0.1:6379/10")
 QUEUE = os.environ.get("KT_CELERY_QUEUE", "konductor-tests")
@@ -53,13 +54,6 @@ if os.environ.get("KT_STORE_FACTORY"):
 
     app.conf.konductor_store = _store
 
-ENTER = """
-local v = redis.call('INCR', KEYS[1])
-local m = tonumber(redis.call('GET', KEYS[2]) or '0')
-if v > m then redis.call('SET', KEYS[2], v) end
-redis.call('INCR', KEYS[3])
-return v
-"""
 
 _redis: tuple[int, redis.Redis] | None = None
 

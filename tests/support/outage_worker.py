@@ -22,15 +22,7 @@ import redis.asyncio as redis
 
 from konductor import Client, KonductorError, LostError
 from konductor.store import KubernetesStore
-
-ENTER = """
-local v = redis.call('INCR', KEYS[1])
-local m = tonumber(redis.call('GET', KEYS[2]) or '0')
-if v > m then redis.call('SET', KEYS[2], v) end
-redis.call('INCR', KEYS[3])
-redis.call('INCR', KEYS[4])
-return v
-"""
+from tests.support.witness import ENTER
 
 
 async def main() -> None:

@@ -18,14 +18,7 @@ import redis.asyncio as redis
 
 from konductor import Client
 from konductor.store import KubernetesStore, LocalStore, Store
-
-MAX_SCRIPT = """
-local v = redis.call('INCR', KEYS[1])
-local m = tonumber(redis.call('GET', KEYS[2]) or '0')
-if v > m then redis.call('SET', KEYS[2], v) end
-redis.call('INCR', KEYS[3])
-return v
-"""
+from tests.support.witness import ENTER
 
 
 async def main() -> None:
@@ -54,7 +47,7 @@ async def main() -> None:
             await asyncio.Event().wait()
         r = redis.Redis(host="127.0.0.1", port=6379)
         inside, peak, total = f"{args.key}:inside", f"{args.key}:max", f"{args.key}:total"
-        enter = r.register_script(MAX_SCRIPT)
+        enter = r.register_script(ENTER)
 
         async def task() -> None:
             for _ in range(args.rounds):
