@@ -280,7 +280,7 @@ class _LeaseSite:
             float(duration),
             renew,
             sent_at=sent_at,
-            drop=lambda: self._clear(token),
+            drop=lambda deadline: self._clear(token, deadline),
         )
         # A lost grant no longer holds anything: let the next local task try.
         entry.on_lost.append(lambda _reason: self.slot.free(owner))

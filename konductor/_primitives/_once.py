@@ -224,7 +224,7 @@ class _Once:
             self.ttl,
             renew,
             sent_at=NEVER,  # until a write of it is confirmed
-            drop=lambda: self._abandon(claim_id),
+            drop=lambda deadline: self._abandon(claim_id, deadline),
         )
 
     def _lost(self, attempt: int, reason: str) -> OnceLost:

@@ -142,7 +142,7 @@ class Queued(Generic[G]):
             self.ttl,
             renew,
             sent_at=NEVER,  # until a write of it is confirmed
-            drop=lambda: self._remove(req_id),
+            drop=lambda deadline: self._remove(req_id, deadline),
         )
 
     def _describe(self, obj: StoredObject) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from konductor._errors import KonductorError, NotFound
 from konductor._primitives._clock import Clock, micro_time
-from konductor._primitives._hub import Hub, Sends
+from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
 from konductor._store._base import JSON, StoredObject
 
 log = logging.getLogger("konductor")
@@ -91,7 +91,8 @@ class Entry(SendRecord):
     lost_reason: str | None = None
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     on_lost: list[Callable[[str], None]] = field(default_factory=list)
-    drop: Callable[[], Awaitable[None]] | None = None  # remove the entry from the store
+    #: Remove the entry from the store, giving up at the (monotonic) deadline passed.
+    drop: Callable[[float], Awaitable[None]] | None = None
     failures: int = 0
     next_at: float = 0.0
 
@@ -150,22 +151,30 @@ class Renewer:
             self._task = None
 
     async def close(self) -> None:
-        """Stop renewing, and remove from the store every entry still registered."""
+        """Stop renewing, and remove from the store every entry still registered.
+
+        The removals run together, each given up at its entry's own deadline (or
+        after WRITE_FLOOR): past it others reclaim the entry anyway, so a store
+        that does not answer delays the close by that much at most, not by one
+        request timeout per entry.
+        """
         entries, self._entries = list(self._entries), set()
         inflight, self._inflight = list(self._inflight.values()), {}
         for task in inflight:
             task.cancel()
         await asyncio.gather(*inflight, return_exceptions=True)
-        for entry in entries:
-            if entry.drop is not None:
-                try:
-                    await entry.drop()
-                except Exception as exc:
-                    log.warning(
-                        "could not release %s on close (it expires after its TTL): %s",
-                        entry.id,
-                        exc,
-                    )
+        now = self._clock.monotonic()
+
+        async def drop(entry: Entry) -> None:
+            assert entry.drop is not None
+            try:
+                await entry.drop(max(entry.deadline, now + WRITE_FLOOR))
+            except Exception as exc:
+                log.warning(
+                    "could not release %s on close (it expires after its TTL): %s", entry.id, exc
+                )
+
+        await asyncio.gather(*(drop(e) for e in entries if e.drop is not None))
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from konductor import Client, LostError
+from konductor._primitives._hub import WRITE_FLOOR
 from konductor.store import KubernetesStore
 from tests.store.conftest import fresh_namespace, kubeconfig_via
 from tests.support.tcpproxy import TcpProxy
@@ -226,6 +227,36 @@ async def test_a_waiter_whose_connections_went_silent_is_still_granted(
             assert waited < 2 * TTL + MARGIN
             await permit.release()
         await _assert_empty(direct, "semaphore", "bh-wait")
+    finally:
+        proxy.close()
+        await direct.close()
+
+
+async def test_closing_a_cut_off_client_is_bounded_by_its_grants_deadlines(
+    kube_crds: Any, tmp_path: Path
+) -> None:
+    """Releases at close run together and give up at each grant's own deadline."""
+    ns = fresh_namespace(kube_crds)
+    proxy = TcpProxy.to(kube_crds.server)
+    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
+    direct = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
+    try:
+        client = Client(KubernetesStore(ns, kubeconfig=cfg))
+        held = [
+            await client.acquire_semaphore("bh-close", permits=3, ttl=TTL),
+            await client.acquire_semaphore("bh-close", permits=3, ttl=TTL),
+            await client.acquire_mutex("bh-close", ttl=TTL),
+            await client.acquire_lease("bh-close", ttl=TTL),
+        ]
+        assert len(held) == 4
+        proxy.blackhole()
+        start = time.monotonic()
+        await asyncio.wait_for(client.close(), 60)
+        took = time.monotonic() - start
+        print(f"\nclose of a cut-off client holding 4 grants took {took:.3f}s")
+        # At most the latest deadline (0.9 x ttl after a renewal) or WRITE_FLOOR,
+        # not one 30 s request budget per grant.
+        assert took <= 0.9 * TTL + WRITE_FLOOR + MARGIN
     finally:
         proxy.close()
         await direct.close()
