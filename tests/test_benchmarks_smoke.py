@@ -6,16 +6,13 @@ runs against a real API server and reports every row for both sides.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.benchmarks import run_quick
+
 pytestmark = pytest.mark.kubernetes
-ROOT = Path(__file__).resolve().parents[1]
 
 # --quick uses 2 clients x 3 tasks on 2 permits for the contended scenario.
 CONTENDED = "6 waiters on 2 permits"
@@ -39,21 +36,7 @@ ROWS = [
 
 
 def test_quick_benchmark_prints_every_row(kube_crds: Any) -> None:
-    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/semaphore.py",
-            "--quick",
-            "--kubeconfig",
-            str(kube_crds.admin_kubeconfig),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(ROOT)])},
-    )
+    proc = run_quick("benchmarks/semaphore.py", kube_crds.admin_kubeconfig)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("metric "))

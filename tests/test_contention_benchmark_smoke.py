@@ -9,16 +9,13 @@ konductor/baseline ratios.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.benchmarks import run_quick
+
 pytestmark = pytest.mark.kubernetes
-ROOT = Path(__file__).resolve().parents[1]
 
 # --quick: 1 and 4 processes, 50 ms hold, 3 s windows, permits 4.
 ROWS = [("1", "50", "konductor"), ("1", "50", "baseline"), ("4", "50", "konductor")]
@@ -44,21 +41,7 @@ COLUMNS = [
 
 
 def test_quick_contention_benchmark_prints_every_row(kube_crds: Any) -> None:
-    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/contention.py",
-            "--quick",
-            "--kubeconfig",
-            str(kube_crds.admin_kubeconfig),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(ROOT)])},
-    )
+    proc = run_quick("benchmarks/contention.py", kube_crds.admin_kubeconfig)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.startswith("... "), proc.stderr[:200]  # progress on stderr
     lines = proc.stdout.splitlines()

@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +63,42 @@ KINDS: dict[str, tuple[Hold, Hold]] = {
 }
 
 
+@dataclass
+class Net:
+    """A fresh namespace, a fault proxy to the API server, and a store that bypasses it."""
+
+    ns: str
+    proxy: TcpProxy
+    kubeconfig: Path  # through the proxy
+    direct: KubernetesStore  # not through it: the rival's and the witness's view
+
+    def cut_off(self) -> KubernetesStore:
+        """A store through the proxy, with the default timeouts (the bounds must not
+        depend on tuning)."""
+        return KubernetesStore(self.ns, kubeconfig=self.kubeconfig)
+
+
+@pytest.fixture
+async def net(kube_crds: Any, tmp_path: Path) -> AsyncIterator[Net]:
+    ns = fresh_namespace(kube_crds)
+    proxy = TcpProxy.to(kube_crds.server)
+    direct = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
+    try:
+        cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
+        yield Net(ns, proxy, cfg, direct)
+    finally:
+        proxy.close()
+        await direct.close()
+
+
 @pytest.mark.parametrize("mode", ["blackhole", "half_open"])
 @pytest.mark.parametrize("kind", sorted(KINDS))
 async def test_a_cut_off_holder_stops_before_anyone_else_is_granted(
-    kube_crds: Any, tmp_path: Path, kind: str, mode: str
+    net: Net, kind: str, mode: str
 ) -> None:
     hold, rival_hold = KINDS[kind]
-    ns = fresh_namespace(kube_crds)
-    proxy = TcpProxy.to(kube_crds.server)
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
     # The holder's store has the default timeouts: the bound must not depend on tuning.
-    cut_off = KubernetesStore(ns, kubeconfig=cfg)
-    direct = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
+    cut_off = net.cut_off()
     seen: dict[str, float] = {}
     entered = asyncio.Event()
     name = f"bh-{kind.replace('_', '-')}"
@@ -91,39 +116,35 @@ async def test_a_cut_off_holder_stops_before_anyone_else_is_granted(
         seen["raised"] = time.monotonic()
         assert "not renewed within its TTL" in str(info.value)
 
-    try:
-        async with Client(cut_off) as holder, Client(direct) as rival:
-            task = asyncio.ensure_future(holder_body(holder))
-            await asyncio.wait_for(entered.wait(), 30)
-            # A random moment while it holds, before, during or after a renewal.
-            await asyncio.sleep(random.uniform(0.0, TTL / 3 * 1.2))
-            getattr(proxy, mode)()
-            seen["cut"] = time.monotonic()
-            async with rival_hold(rival, name, 60) as other:
-                seen["rival"] = time.monotonic()
-                rival_token = other.token
-            await asyncio.wait_for(task, 30)
-            print(
-                f"\n{kind} {mode}: cut->loss {seen['cancelled'] - seen['cut']:.3f}s, "
-                f"cut->rival granted {seen['rival'] - seen['cut']:.3f}s"
-            )
-            assert "finished" not in seen
-            # Safety: the holder's body was cancelled before the rival was granted.
-            assert seen["cancelled"] < seen["rival"]
-            # On its own clock, whatever its requests were doing.
-            assert seen["cancelled"] - seen["cut"] <= 0.9 * TTL + MARGIN
-            # The LostError is raised at once: no hanging release delays it.
-            assert seen["raised"] - seen["cancelled"] < MARGIN
+    async with Client(cut_off) as holder, Client(net.direct) as rival:
+        task = asyncio.ensure_future(holder_body(holder))
+        await asyncio.wait_for(entered.wait(), 30)
+        # A random moment while it holds, before, during or after a renewal.
+        await asyncio.sleep(random.uniform(0.0, TTL / 3 * 1.2))
+        getattr(net.proxy, mode)()
+        seen["cut"] = time.monotonic()
+        async with rival_hold(rival, name, 60) as other:
+            seen["rival"] = time.monotonic()
+            rival_token = other.token
+        await asyncio.wait_for(task, 30)
+        print(
+            f"\n{kind} {mode}: cut->loss {seen['cancelled'] - seen['cut']:.3f}s, "
+            f"cut->rival granted {seen['rival'] - seen['cut']:.3f}s"
+        )
+        assert "finished" not in seen
+        # Safety: the holder's body was cancelled before the rival was granted.
+        assert seen["cancelled"] < seen["rival"]
+        # On its own clock, whatever its requests were doing.
+        assert seen["cancelled"] - seen["cut"] <= 0.9 * TTL + MARGIN
+        # The LostError is raised at once: no hanging release delays it.
+        assert seen["raised"] - seen["cancelled"] < MARGIN
 
-            # The network heals: the same client is granted again, with a newer token.
-            proxy.pass_through()
-            async with hold(holder, name, 60) as again:
-                assert again.token > rival_token
-        # Nothing left behind: no holder, no ticket.
-        await _assert_empty(direct, kind, name)
-    finally:
-        proxy.close()
-        await direct.close()
+        # The network heals: the same client is granted again, with a newer token.
+        net.proxy.pass_through()
+        async with hold(holder, name, 60) as again:
+            assert again.token > rival_token
+    # Nothing left behind: no holder, no ticket.
+    await _assert_empty(net.direct, kind, name)
 
 
 async def _assert_empty(store: KubernetesStore, kind: str, name: str) -> None:
@@ -144,14 +165,8 @@ async def _assert_empty(store: KubernetesStore, kind: str, name: str) -> None:
     assert obj.status.get("queue") == []
 
 
-async def test_a_cut_off_once_runner_is_cancelled_before_another_caller_runs_it(
-    kube_crds: Any, tmp_path: Path
-) -> None:
-    ns = fresh_namespace(kube_crds)
-    proxy = TcpProxy.to(kube_crds.server)
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
-    cut_off = KubernetesStore(ns, kubeconfig=cfg)
-    direct = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
+async def test_a_cut_off_once_runner_is_cancelled_before_another_caller_runs_it(net: Net) -> None:
+    cut_off = net.cut_off()
     seen: dict[str, float] = {}
     started = asyncio.Event()
 
@@ -168,95 +183,71 @@ async def test_a_cut_off_once_runner_is_cancelled_before_another_caller_runs_it(
         seen["second"] = time.monotonic()
         return "second"
 
-    try:
-        async with Client(cut_off) as runner, Client(direct) as other:
-            task = asyncio.ensure_future(runner.once("bh-once", first, ttl=TTL))
-            await asyncio.wait_for(started.wait(), 30)
-            await asyncio.sleep(random.uniform(0.0, TTL / 3 * 1.2))
-            proxy.blackhole()
-            seen["cut"] = time.monotonic()
-            assert await other.once("bh-once", second, ttl=TTL, timeout=60) == "second"
-            with pytest.raises(LostError):
-                await asyncio.wait_for(task, 30)
-            print(
-                f"\nonce blackhole: cut->loss {seen['cancelled'] - seen['cut']:.3f}s, "
-                f"cut->other ran {seen['second'] - seen['cut']:.3f}s"
-            )
-            assert seen["cancelled"] < seen["second"]
-            assert seen["cancelled"] - seen["cut"] <= 0.9 * TTL + MARGIN
-            proxy.pass_through()
-            status = await runner.once_status("bh-once")
-            assert status.state == "Done"
-    finally:
-        proxy.close()
-        await direct.close()
+    async with Client(cut_off) as runner, Client(net.direct) as other:
+        task = asyncio.ensure_future(runner.once("bh-once", first, ttl=TTL))
+        await asyncio.wait_for(started.wait(), 30)
+        await asyncio.sleep(random.uniform(0.0, TTL / 3 * 1.2))
+        net.proxy.blackhole()
+        seen["cut"] = time.monotonic()
+        assert await other.once("bh-once", second, ttl=TTL, timeout=60) == "second"
+        with pytest.raises(LostError):
+            await asyncio.wait_for(task, 30)
+        print(
+            f"\nonce blackhole: cut->loss {seen['cancelled'] - seen['cut']:.3f}s, "
+            f"cut->other ran {seen['second'] - seen['cut']:.3f}s"
+        )
+        assert seen["cancelled"] < seen["second"]
+        assert seen["cancelled"] - seen["cut"] <= 0.9 * TTL + MARGIN
+        net.proxy.pass_through()
+        status = await runner.once_status("bh-once")
+        assert status.state == "Done"
 
 
-async def test_a_waiter_whose_connections_went_silent_is_still_granted(
-    kube_crds: Any, tmp_path: Path
-) -> None:
+async def test_a_waiter_whose_connections_went_silent_is_still_granted(net: Net) -> None:
     """A waiter's watch and pooled connections die silently (``stall``); it is not stuck."""
-    ns = fresh_namespace(kube_crds)
-    proxy = TcpProxy.to(kube_crds.server)
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
-    waiting_store = KubernetesStore(ns, kubeconfig=cfg)
-    direct = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
-    try:
-        async with Client(direct) as holder, Client(waiting_store) as waiter:
-            held = await holder.acquire_semaphore("bh-wait", permits=1, ttl=TTL)
-            queued = asyncio.ensure_future(
-                waiter.acquire_semaphore("bh-wait", permits=1, ttl=TTL, timeout=60)
-            )
-            # Queued (its ticket is in the object) and watching.
-            for _ in range(100):
-                obj = await direct.get(held._entry.hub.kind, "bh-wait")
-                if obj.status.get("queue"):
-                    break
-                await asyncio.sleep(0.05)
-            assert obj.status.get("queue")
-            proxy.stall()  # its watch and keep-alive connections now hang for good
-            await asyncio.sleep(0.5)
-            await held.release()
-            released = time.monotonic()
-            permit = await asyncio.wait_for(queued, 60)
-            waited = time.monotonic() - released
-            print(f"\nstalled waiter granted {waited:.3f}s after the release")
-            assert permit.token > held.token
-            # Within about one TTL (its ticket renewal or replacement notices), not the
-            # minutes a dead watch could take to time out.
-            assert waited < 2 * TTL + MARGIN
-            await permit.release()
-        await _assert_empty(direct, "semaphore", "bh-wait")
-    finally:
-        proxy.close()
-        await direct.close()
+    waiting_store = net.cut_off()
+    async with Client(net.direct) as holder, Client(waiting_store) as waiter:
+        held = await holder.acquire_semaphore("bh-wait", permits=1, ttl=TTL)
+        queued = asyncio.ensure_future(
+            waiter.acquire_semaphore("bh-wait", permits=1, ttl=TTL, timeout=60)
+        )
+        # Queued (its ticket is in the object) and watching.
+        for _ in range(100):
+            obj = await net.direct.get(held._entry.hub.kind, "bh-wait")
+            if obj.status.get("queue"):
+                break
+            await asyncio.sleep(0.05)
+        assert obj.status.get("queue")
+        net.proxy.stall()  # its watch and keep-alive connections now hang for good
+        await asyncio.sleep(0.5)
+        await held.release()
+        released = time.monotonic()
+        permit = await asyncio.wait_for(queued, 60)
+        waited = time.monotonic() - released
+        print(f"\nstalled waiter granted {waited:.3f}s after the release")
+        assert permit.token > held.token
+        # Within about one TTL (its ticket renewal or replacement notices), not the
+        # minutes a dead watch could take to time out.
+        assert waited < 2 * TTL + MARGIN
+        await permit.release()
+    await _assert_empty(net.direct, "semaphore", "bh-wait")
 
 
-async def test_closing_a_cut_off_client_is_bounded_by_its_grants_deadlines(
-    kube_crds: Any, tmp_path: Path
-) -> None:
+async def test_closing_a_cut_off_client_is_bounded_by_its_grants_deadlines(net: Net) -> None:
     """Releases at close run together and give up at each grant's own deadline."""
-    ns = fresh_namespace(kube_crds)
-    proxy = TcpProxy.to(kube_crds.server)
-    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
-    direct = KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
-    try:
-        client = Client(KubernetesStore(ns, kubeconfig=cfg))
-        held = [
-            await client.acquire_semaphore("bh-close", permits=3, ttl=TTL),
-            await client.acquire_semaphore("bh-close", permits=3, ttl=TTL),
-            await client.acquire_mutex("bh-close", ttl=TTL),
-            await client.acquire_lease("bh-close", ttl=TTL),
-        ]
-        assert len(held) == 4
-        proxy.blackhole()
-        start = time.monotonic()
-        await asyncio.wait_for(client.close(), 60)
-        took = time.monotonic() - start
-        print(f"\nclose of a cut-off client holding 4 grants took {took:.3f}s")
-        # At most the latest deadline (0.9 x ttl after a renewal) or WRITE_FLOOR,
-        # not one 30 s request budget per grant.
-        assert took <= 0.9 * TTL + WRITE_FLOOR + MARGIN
-    finally:
-        proxy.close()
-        await direct.close()
+    client = Client(net.cut_off())
+    held = [
+        await client.acquire_semaphore("bh-close", permits=3, ttl=TTL),
+        await client.acquire_semaphore("bh-close", permits=3, ttl=TTL),
+        await client.acquire_mutex("bh-close", ttl=TTL),
+        await client.acquire_lease("bh-close", ttl=TTL),
+    ]
+    assert len(held) == 4
+    net.proxy.blackhole()
+    start = time.monotonic()
+    await asyncio.wait_for(client.close(), 60)
+    took = time.monotonic() - start
+    print(f"\nclose of a cut-off client holding 4 grants took {took:.3f}s")
+    # At most the latest deadline (0.9 x ttl after a renewal) or WRITE_FLOOR,
+    # not one 30 s request budget per grant.
+    assert took <= 0.9 * TTL + WRITE_FLOOR + MARGIN
