@@ -26,7 +26,8 @@ How (the default ``mode="reserve"``, job-level, no API call per checkout):
   deadline, before anyone else can be granted it): that is logged as an
   error on ``konductor.sqlalchemy``, idle connections are closed at once,
   then connections in use beyond what is still held are invalidated (their
-  statement in flight raises ``sqlalchemy.exc.OperationalError``, their next
+  statement in flight raises ``sqlalchemy.exc.OperationalError`` or
+  ``InternalError``, both ``DBAPIError``, their next
   one a disconnect error), and no connection beyond what is still held is
   handed out.
 

@@ -104,8 +104,10 @@ def _terminate(record: ConnectionPoolEntry, why: str) -> None:
     that the server ends the backend now rather than when the query would
     finish; then the record is invalidated, which closes the socket. The
     statement in flight raises ``sqlalchemy.exc.OperationalError`` (the
-    cancel, or the closed socket); the next call on that connection raises the
-    dialect's disconnect error (``connection_invalidated`` true).
+    cancel, or the closed socket) or, when the socket closes while the driver
+    reads the answer, ``sqlalchemy.exc.InternalError`` (psycopg); the next call
+    on that connection raises the dialect's disconnect error
+    (``connection_invalidated`` true).
     """
     cancel = getattr(record.driver_connection, "cancel", None)
     if callable(cancel) and not inspect.iscoroutinefunction(cancel):
