@@ -300,6 +300,8 @@ RUNTIME_VERBS: dict[str, str] = {
     "watch": "wait for changes instead of polling (Store.watch)",
     "create": "create a primitive's object on first use (Store.create)",
     "update": "write state by compare-and-swap: status of konductor kinds, spec of a Lease",
+    "patch": "write a queue's status by guarded JSON Patch (semaphore, mutex, rwmutex): "
+    "queueing and handing on grants without conflicts when many processes contend",
 }
 
 #: What the optional admin Role adds, for people and the CLI's admin commands.
@@ -323,7 +325,7 @@ def runtime_rules() -> list[JSON]:
         {
             "apiGroups": [GROUP],
             "resources": [f"{p}/status" for p in plurals],
-            "verbs": ["update"],
+            "verbs": ["update", "patch"],
         },
         {
             "apiGroups": ["coordination.k8s.io"],

@@ -219,8 +219,9 @@ class KubeApi:
         method: str,
         path: str,
         query: list[tuple[str, str]] | None,
-        body: JSON | None,
+        body: JSON | list[JSON] | None,
         timeout: Any,
+        content_type: str = "application/json",
     ) -> Any:
         self.requests += 1
         with _unavailable_on_network_error(
@@ -230,7 +231,7 @@ class KubeApi:
                 path,
                 method,
                 query_params=query or [],
-                header_params={"Accept": "application/json", "Content-Type": "application/json"},
+                header_params={"Accept": "application/json", "Content-Type": content_type},
                 body=body,
                 auth_settings=["BearerToken"],
                 _preload_content=False,
@@ -244,8 +245,9 @@ class KubeApi:
         target: Target,
         *,
         query: list[tuple[str, str]] | None = None,
-        body: JSON | None = None,
+        body: JSON | list[JSON] | None = None,
         timeout: float | None = None,
+        content_type: str = "application/json",
     ) -> JSON:
         """One request, bounded as a whole (connect, send, answer, body) by ``timeout``.
 
@@ -261,7 +263,7 @@ class KubeApi:
         )
         try:
             async with asyncio.timeout(limit):
-                resp = await self._send(method, path, query, body, limit)
+                resp = await self._send(method, path, query, body, limit, content_type)
                 try:
                     with _unavailable_on_network_error(what):
                         raw = await resp.read()
@@ -283,9 +285,10 @@ class KubeApi:
         target: Target,
         *,
         query: list[tuple[str, str]] | None = None,
-        body: JSON | None = None,
+        body: JSON | list[JSON] | None = None,
         timeout: float | None = None,
         on_attempt: Callable[[], None] | None = None,
+        content_type: str = "application/json",
     ) -> JSON:
         """A request retried with jittered backoff while the error is retryable.
 
@@ -325,6 +328,7 @@ class KubeApi:
                     query=query,
                     body=body,
                     timeout=min(self._timeout, remaining),
+                    content_type=content_type,
                 )
             except StoreUnavailable as exc:
                 delay = backoff.next_delay()

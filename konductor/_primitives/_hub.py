@@ -33,6 +33,7 @@ from konductor._backoff import Backoff
 from konductor._errors import (
     Conflict,
     CorruptState,
+    Forbidden,
     KonductorError,
     NotFound,
     StoreUnavailable,
@@ -58,6 +59,9 @@ CONFLICT_WAIT = 0.5
 WATCH_SILENCE = 5.0
 
 Entries = Callable[[StoredObject], list[JSON]]
+#: Seconds after a patch of ours, with nothing written since, before derived
+#: fields it may have left behind are put right (see ``Hub(settle=)``).
+SETTLE_AFTER = 1.0
 
 
 @dataclasses.dataclass
@@ -85,9 +89,32 @@ class Sends:
         return self.committed if self.committed is not None else self.first
 
 
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    """A decided change as a guarded JSON Patch, and the status it leads to.
+
+    ``ops`` test exactly what the decision depended on (see
+    :func:`konductor._primitives._queue_state.patch_ops`), so the write
+    succeeds on the object as it is when it arrives unless one of those parts
+    changed: writers stop conflicting over changes that do not matter to them.
+    ``status`` is the status the decision computed (for combining updates and
+    as the compare-and-swap fallback).
+    """
+
+    ops: list[JSON]
+    status: JSON
+
+
+#: What a ``decide`` function returns as the new state: a whole status (or spec)
+#: to write by compare-and-swap, a :class:`Patch`, or ``None`` for no write.
+NewState = JSON | Patch | None
+#: A fix for derived fields a patch may leave behind, given the object written.
+Settle = Callable[[StoredObject], NewState]
+
+
 @dataclasses.dataclass
 class _Pending:
-    decide: Callable[[StoredObject], tuple[JSON | None, Any]]
+    decide: Callable[[StoredObject], tuple[NewState, Any]]
     sends: Sends | None
     future: asyncio.Future[tuple[Any, StoredObject]]
     deadline: float  # monotonic: never sent, nor retried, after this
@@ -96,8 +123,23 @@ class _Pending:
 class Hub:
     """Cache, watch and expiry tracking for one (kind, name)."""
 
-    def __init__(self, store: Store, kind: Kind, name: str, clock: Clock, entries: Entries) -> None:
+    def __init__(
+        self,
+        store: Store,
+        kind: Kind,
+        name: str,
+        clock: Clock,
+        entries: Entries,
+        settle: Settle | None = None,
+    ) -> None:
+        """``settle(obj)`` says how to put right what a patch leaves behind
+        (a summary field counted without a ticket appended concurrently);
+        it is applied :data:`SETTLE_AFTER` seconds after a patch of ours if
+        nothing was written since (a later writer settles instead)."""
         self.store = store
+        self._settle = settle
+        self._settling: asyncio.TimerHandle | None = None
+        self._settle_task: asyncio.Task[None] | None = None
         self.kind = kind
         self.name = name
         self.clock = clock
@@ -117,6 +159,7 @@ class Hub:
         self._watch_misses = 0  # conflicts the watch did not explain in time, in a row
         self._watch_heard = 0.0  # monotonic time the watch last delivered (or opened)
         self.watch_restarts = 0  # silent watches reopened (for tests and metrics)
+        self._patches = True  # send Patch decisions as patches (False: the Role forbids it)
 
     # -- observation ------------------------------------------------------------------
 
@@ -157,7 +200,7 @@ class Hub:
 
     async def update(
         self,
-        decide: Callable[[StoredObject], tuple[JSON | None, T]],
+        decide: Callable[[StoredObject], tuple[NewState, T]],
         *,
         sends: Sends | None = None,
         deadline: float | None = None,
@@ -165,7 +208,8 @@ class Hub:
         """Apply ``decide`` to the latest state until the write wins the CAS.
 
         ``decide`` returns the new status (the new spec for a kind without a
-        status, such as a Lease; ``None`` for no write) and a result; it is
+        status, such as a Lease; a :class:`Patch` to send a guarded JSON Patch
+        instead of a compare-and-swap; ``None`` for no write) and a result; it is
         re-run on the fresh object after every conflict. ``sends`` records when
         the attempts carrying its change were sent (holders measure their
         deadline from the attempt that succeeded).
@@ -246,10 +290,22 @@ class Hub:
             view = obj
             results: list[Any] = []
             changed: list[_Pending] = []
+            ops: list[JSON] | None = [] if self._patches and self.kind.has_status else None
             try:
                 for item in batch:
-                    new, result = item.decide(view)
+                    decided, result = item.decide(view)
                     results.append(result)
+                    if isinstance(decided, Patch):
+                        if ops is not None:
+                            # Each decision's tests were made on the state the
+                            # previous ones lead to, and the store applies the
+                            # operations in order: the concatenation says it all.
+                            ops.extend(decided.ops)
+                        new: JSON | None = decided.status
+                    else:
+                        new = decided
+                        if new is not None:
+                            ops = None  # one compare-and-swap for the whole batch
                     if new is not None:
                         changed.append(item)
                         # Kinds with a status subresource keep their state in status;
@@ -289,16 +345,45 @@ class Hub:
                     f"{self.kind} {self.name!r}: the write's deadline passed while it was retried"
                 )
             try:
-                written = await write(
-                    self.kind, self.name, state, version=obj.version, timeout=budget, on_sent=sent
-                )
+                if ops is not None:
+                    written = await self.store.patch_status(
+                        self.kind, self.name, ops, timeout=budget, on_sent=sent
+                    )
+                else:
+                    written = await write(
+                        self.kind,
+                        self.name,
+                        state,
+                        version=obj.version,
+                        timeout=budget,
+                        on_sent=sent,
+                    )
             except Conflict:
                 obj = await self._after_conflict(obj, budget)
+                continue
+            except Forbidden:
+                if ops is None:
+                    raise
+                # A Role from before konductor sent patches: fall back to
+                # compare-and-swap (correct, slower under contention).
+                self._patches = False
+                log.warning(
+                    "%s %r: not allowed to patch the status (%s); writing by "
+                    "compare-and-swap instead. Re-apply konductor's RBAC "
+                    "(`konductor manifests --rbac -n NAMESPACE | kubectl apply -f -`) to "
+                    "grant `patch` on the status: it is much cheaper when many processes "
+                    "contend for one object",
+                    self.kind,
+                    self.name,
+                    "forbidden",
+                )
                 continue
             except NotFound:
                 self.observe(None, deleted=True)
                 raise
             self.observe(written)
+            if ops is not None:
+                self._settle_soon(written)
             for item in changed:
                 if item.sends is not None:
                     item.sends.committed = attempt_at
@@ -306,6 +391,33 @@ class Hub:
                 if not item.future.done():
                     item.future.set_result((result, written))
             return
+
+    def _settle_soon(self, written: StoredObject) -> None:
+        if self._settle is None or self._closing or self._settle(written) is None:
+            return
+        if self._settling is not None:
+            self._settling.cancel()
+        self._settling = asyncio.get_running_loop().call_later(
+            SETTLE_AFTER, self._settle_if_quiet, written.version
+        )
+
+    def _settle_if_quiet(self, version: str) -> None:
+        self._settling = None
+        if self._closing or self.obj is None or self.obj.version != version:
+            return  # written since: that writer settles, if anything is left
+        settle = self._settle
+        assert settle is not None
+
+        async def run() -> None:
+            try:
+                await self.update(
+                    lambda obj: (settle(obj), None),
+                    deadline=self.clock.monotonic() + WRITE_FLOOR,
+                )
+            except KonductorError as exc:  # cosmetic: the next write puts it right
+                log.debug("could not settle %s %r: %s", self.kind, self.name, exc)
+
+        self._settle_task = asyncio.ensure_future(run())
 
     async def _after_conflict(self, stale: StoredObject, budget: float) -> StoredObject | None:
         """The object after a lost CAS: from the open watch if it delivers soon, else read.
@@ -437,6 +549,9 @@ class Hub:
     async def close(self) -> None:
         """Stop the watch; a write in flight ends, one waiting to be retried fails now."""
         self._closing = True
+        if self._settling is not None:
+            self._settling.cancel()
+            self._settling = None
         if self._pause is not None:
             self._pause.cancel()
         if self._linger is not None:
@@ -444,6 +559,8 @@ class Hub:
             self._linger = None
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
+        if self._settle_task is not None:
+            await asyncio.gather(self._settle_task, return_exceptions=True)
         if self._watch_task is not None:
             self._watch_task.cancel()
             await asyncio.gather(self._watch_task, return_exceptions=True)

@@ -37,6 +37,7 @@ from konductor import _limits as limits
 from konductor._errors import CorruptState
 from konductor._primitives import _parse as p
 from konductor._primitives._parse import Where
+from konductor._store import _jsonpatch as jp
 from konductor._store._base import StoredObject
 from konductor._store._kinds import MUTEX as MUTEX_KIND
 from konductor._store._kinds import RWMUTEX as RWMUTEX_KIND
@@ -117,6 +118,9 @@ class Outcome:
 
     status: JSON | None
     granted: JSON | None = None
+    #: A guarded JSON Patch that makes the same change (see :func:`patch_ops`);
+    #: ``None`` when only a compare-and-swap of the whole status can.
+    ops: list[JSON] | None = None
 
 
 _KNOWN = ("id", "holder", "count", "mode", "ttlSeconds", "renewals", "renewedAt", "token")
@@ -174,6 +178,11 @@ def parse(status: Mapping[str, Any], where: Where | None = None) -> State:
         for i, item in enumerate(raw):
             slot = _slot(where, f"status.{key}[{i}]", item, holder=key == "holders")
             if slot.id in seen:
+                if key == "queue":
+                    # A ticket appended twice (an append re-sent after its answer
+                    # was lost) or still queued after its promotion: the first
+                    # copy counts, the next write drops the others.
+                    continue
                 raise p.corrupt(where, f"status.{key}[{i}].id", f"duplicate id {slot.id!r}")
             seen.add(slot.id)
             slots.append(slot)
@@ -334,6 +343,133 @@ def _finish(
     return new
 
 
+def patch_ops(
+    status: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    new: Mapping[str, Any],
+    *,
+    fresh_grant: bool = False,
+) -> list[JSON] | None:
+    """A guarded JSON Patch taking ``status`` to ``new``; ``None`` if only a CAS can.
+
+    The tests are exactly what the decision depended on, so writers no longer
+    conflict over changes that did not matter to them:
+
+    * the whole ``holders`` array, whenever holders change (a grant counts
+      permits over them; a stale holder is removed only if it is still
+      unchanged), and ``spec.permits``;
+    * each ticket removed from the queue (promoted, withdrawn or purged as
+      stale), by its full value at its index: tickets only ever leave from
+      wherever they are and join at the end, so a ticket appended meanwhile
+      changes no index tested here and cannot get ahead of a promotion;
+    * the whole ``queue`` when a request is granted without having queued
+      (``fresh_grant``): nobody may have queued ahead of it meanwhile (FIFO);
+    * ``nextToken`` whenever a token is handed out.
+
+    A ticket joining the queue is appended with no test at all: the API server
+    applies it to the current object whatever else changed, so a thousand
+    waiters queueing at once never conflict. Summary fields (printer columns)
+    are written as this writer computed them; a ticket appended concurrently
+    can leave ``waiting`` one behind until the next write or :func:`settle`.
+    """
+    old_holders = status.get("holders")
+    old_queue = status.get("queue")
+    if not isinstance(old_holders, list) or not isinstance(old_queue, list):
+        return None  # a first write: the fields to test do not exist yet
+    if "nextToken" not in status:
+        return None
+    new_holders = new.get("holders")
+    new_queue = new.get("queue")
+    if not isinstance(new_holders, list) or not isinstance(new_queue, list):
+        return None
+    ops: list[JSON] = []
+    if not jp.equal(old_holders, new_holders):
+        if "permits" in spec:
+            ops.append({"op": "test", "path": "/spec/permits", "value": spec["permits"]})
+        ops.append({"op": "test", "path": "/status/holders", "value": old_holders})
+        ops.append({"op": "replace", "path": "/status/holders", "value": new_holders})
+    if fresh_grant:
+        ops.append({"op": "test", "path": "/status/queue", "value": old_queue})
+    # The new queue is the old one, in order, minus some tickets (each id kept
+    # at its first occurrence), changed in place (renewed) or not, plus tickets
+    # appended at the end.
+    old_ids = [e.get("id") if isinstance(e, dict) else None for e in old_queue]
+    first_at: dict[Any, int] = {}
+    for i, entry_id in enumerate(old_ids):
+        first_at.setdefault(entry_id, i)
+    new_by_id = {e.get("id"): e for e in new_queue if isinstance(e, dict)}
+    kept: list[Any] = []
+    edits: list[JSON] = []
+    seen: set[Any] = set()
+    for i in reversed(range(len(old_queue))):
+        entry_id = old_ids[i]
+        path = jp.pointer("status", "queue", i)
+        if entry_id in new_by_id and first_at[entry_id] == i:
+            seen.add(entry_id)
+            kept.append(entry_id)
+            if not jp.equal(old_queue[i], new_by_id[entry_id]):
+                edits += [
+                    {"op": "test", "path": path, "value": old_queue[i]},
+                    {"op": "replace", "path": path, "value": new_by_id[entry_id]},
+                ]
+        else:
+            edits += [
+                {"op": "test", "path": path, "value": old_queue[i]},
+                {"op": "remove", "path": path},
+            ]
+    kept.reverse()
+    appended = [e for e in new_queue if isinstance(e, dict) and e.get("id") not in seen]
+    if [e.get("id") for e in new_queue if e.get("id") in seen] != kept or any(
+        e.get("id") in seen for e in new_queue[len(kept) :]
+    ):
+        return None  # not "old minus some plus appended": only a CAS can say it
+    ops += edits
+    ops += [{"op": "add", "path": "/status/queue/-", "value": e} for e in appended]
+    if not jp.equal(status.get("nextToken"), new.get("nextToken")):
+        ops += [
+            {"op": "test", "path": "/status/nextToken", "value": status["nextToken"]},
+            {"op": "replace", "path": "/status/nextToken", "value": new["nextToken"]},
+        ]
+    for key, value in new.items():
+        if key in ("holders", "queue", "nextToken"):
+            continue
+        if key not in status or not jp.equal(status[key], value):
+            ops.append({"op": "add", "path": jp.pointer("status", key), "value": value})
+    if any(key not in new for key in status):
+        return None  # a field removed: not something a transition does
+    ops = [{**op, "value": jp.canonical(op["value"])} if "value" in op else op for op in ops]
+    if not all(jp.stable(op["value"]) for op in ops if op["op"] == "test"):
+        return None  # a value the API server might not compare equal byte for byte
+    return ops
+
+
+def settle(status: Mapping[str, Any], policy: Policy) -> Outcome:
+    """Put the printer-column fields right, if a concurrent append left them behind.
+
+    A ticket appended concurrently with a write that computed ``waiting``
+    without it leaves ``waiting`` one behind. The fix tests the holders and
+    the queue it counted, so it can never write a count older than the lists.
+    ``Outcome(None)`` when the fields are right (or the status does not parse:
+    the transitions refuse it anyway).
+    """
+    try:
+        parsed = parse(status)
+    except CorruptState:
+        return Outcome(None)
+    want = policy.summarize(parsed.holders, parsed.queue)
+    if all(jp.equal(status.get(k), v) for k, v in want.items()):
+        return Outcome(None)
+    new = {**copy.deepcopy(dict(status)), **want}
+    ops: list[JSON] = [
+        {"op": "test", "path": "/status/holders", "value": status.get("holders")},
+        {"op": "test", "path": "/status/queue", "value": status.get("queue")},
+        *({"op": "add", "path": jp.pointer("status", k), "value": v} for k, v in want.items()),
+    ]
+    ops = [{**op, "value": jp.canonical(op["value"])} for op in ops]
+    stable = all(jp.stable(op["value"]) for op in ops if op["op"] == "test")
+    return Outcome(new, ops=ops if stable else None)
+
+
 def _promote(
     capacity: int,
     holders: Sequence[Slot],
@@ -398,9 +534,11 @@ def acquire(
             if not purged:
                 return Outcome(None, h.to_json())
             held, waiting, token = _promote(capacity, holders, queue, token, policy)
-            return Outcome(_finish(status, held, waiting, token, policy), h.to_json())
+            new = _finish(status, held, waiting, token, policy)
+            return Outcome(new, h.to_json(), patch_ops(status, spec, new))
     position = next((i for i, q in enumerate(queue) if q.id == req.id), len(queue))
     granted: Slot | None = None
+    queued = position < len(queue)
     if policy.can_grant(capacity, holders, queue[:position], req):
         granted = replace(_slot_of(req, wall), token=token)
         holders = [*holders, granted]
@@ -412,7 +550,8 @@ def acquire(
         return Outcome(None)
     held, waiting, token = _promote(capacity, holders, queue, token, policy)
     new = _finish(status, held, waiting, token, policy)
-    return Outcome(new, None if granted is None else granted.to_json())
+    ops = patch_ops(status, spec, new, fresh_grant=granted is not None and not queued)
+    return Outcome(new, None if granted is None else granted.to_json(), ops)
 
 
 def release(
@@ -440,7 +579,8 @@ def release(
     if len(holders) == len(parsed.holders) and len(queue) == len(parsed.queue):
         return Outcome(None)
     held, waiting, token = _promote(capacity, holders, queue, parsed.next_token, policy)
-    return Outcome(_finish(status, held, waiting, token, policy))
+    new = _finish(status, held, waiting, token, policy)
+    return Outcome(new, ops=patch_ops(status, spec, new))
 
 
 def renew(
@@ -473,7 +613,8 @@ def renew(
     missing = set(ids) - present
     if not present:
         return Outcome(None), missing
-    return Outcome(_finish(status, holders, queue, parsed.next_token, policy)), missing
+    new = _finish(status, holders, queue, parsed.next_token, policy)
+    return Outcome(new, ops=patch_ops(status, {}, new)), missing
 
 
 def blocking_entries(

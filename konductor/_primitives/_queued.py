@@ -28,7 +28,7 @@ from konductor._errors import (
 from konductor._primitives import _queue_state as state
 from konductor._primitives._clock import micro_time
 from konductor._primitives._grant import Grant
-from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
+from konductor._primitives._hub import WRITE_FLOOR, Hub, NewState, Patch, Sends
 from konductor._primitives._parse import Where
 from konductor._primitives._renewal import NEVER, Entry
 from konductor._primitives._runtime import Runtime
@@ -38,6 +38,15 @@ from konductor._store._kinds import Kind
 ENTRIES = state.tracked_entries  # parsed entries only: a corrupt one is never tracked
 G = TypeVar("G", bound=Grant)
 log = logging.getLogger("konductor")
+
+
+def as_new_state(out: state.Outcome) -> NewState:
+    """What the hub writes for ``out``: its guarded patch where it has one, else its status."""
+    if out.status is None:
+        return None
+    if out.ops is not None:
+        return Patch(out.ops, out.status)
+    return out.status
 
 
 class _Again:
@@ -80,7 +89,9 @@ class Queued(Generic[G]):
         self.missing_hint = missing_hint
         self.check = check
         self.noun = noun or kind.kind.lower()
-        self.hub: Hub = rt.hub(kind, name, ENTRIES)
+        self.hub: Hub = rt.hub(
+            kind, name, ENTRIES, lambda obj: as_new_state(state.settle(obj.status, policy))
+        )
         self.where = Where(kind, name, rt.store.namespace)
 
     async def ensure(self) -> StoredObject:
@@ -112,8 +123,8 @@ class Queued(Generic[G]):
 
     def _decide(
         self, req: state.Request, enqueue: bool
-    ) -> Callable[[StoredObject], tuple[JSON | None, JSON | None]]:
-        def decide(obj: StoredObject) -> tuple[JSON | None, JSON | None]:
+    ) -> Callable[[StoredObject], tuple[NewState, JSON | None]]:
+        def decide(obj: StoredObject) -> tuple[NewState, JSON | None]:
             stale = self.hub.stale(obj)
             stale.discard(req.id)
             wall = micro_time(self.rt.clock.wall())
@@ -127,14 +138,14 @@ class Queued(Generic[G]):
                 enqueue=enqueue,
                 where=self.where,
             )
-            return out.status, out.granted
+            return as_new_state(out), out.granted
 
         return decide
 
     def _entry(self, req_id: str) -> Entry:
-        def renew(status: JSON, ids: set[str], wall: str) -> tuple[JSON | None, set[str]]:
+        def renew(status: JSON, ids: set[str], wall: str) -> tuple[NewState, set[str]]:
             outcome, missing = state.renew(status, ids, wall, self.policy, where=self.where)
-            return outcome.status, missing
+            return as_new_state(outcome), missing
 
         return Entry(
             self.hub,
@@ -289,12 +300,12 @@ class Queued(Generic[G]):
             log.info("could not withdraw %s (it expires after its TTL): %s", req_id, exc)
 
     async def _remove(self, req_id: str, deadline: float | None = None) -> None:
-        def decide(obj: StoredObject) -> tuple[JSON | None, None]:
+        def decide(obj: StoredObject) -> tuple[NewState, None]:
             stale = self.hub.stale(obj)
             out = state.release(
                 obj.status, obj.spec, {req_id}, stale, self.policy, where=self.where
             )
-            return out.status, None
+            return as_new_state(out), None
 
         with contextlib.suppress(NotFound):
             await self.hub.update(decide, deadline=deadline)

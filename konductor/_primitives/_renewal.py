@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from konductor._errors import KonductorError, NotFound
 from konductor._primitives._clock import Clock, micro_time
-from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
+from konductor._primitives._hub import WRITE_FLOOR, Hub, NewState, Sends
 from konductor._store._base import JSON, StoredObject
 
 log = logging.getLogger("konductor")
@@ -44,7 +44,7 @@ OWN_DEADLINE = 0.9
 #: ``sent_at`` of an entry no write of which was confirmed yet: its deadline has passed.
 NEVER = float("-inf")
 
-RenewFn = Callable[[JSON, set[str], str], tuple[JSON | None, set[str]]]
+RenewFn = Callable[[JSON, set[str], str], tuple[NewState, set[str]]]
 
 
 @dataclass(kw_only=True, eq=False)
@@ -230,7 +230,7 @@ class Renewer:
         renew = entries[0].renew
         sends = Sends()
 
-        def decide(obj: StoredObject) -> tuple[JSON | None, set[str]]:
+        def decide(obj: StoredObject) -> tuple[NewState, set[str]]:
             # A kind without a status (a Lease) keeps its state in its spec.
             state = obj.status if hub.kind.has_status else obj.spec
             return renew(state, ids, micro_time(self._clock.wall()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from konductor._errors import ClientClosed, InvalidArgument
 from konductor._limits import MAX_IDENTITY
 from konductor._primitives._clock import Clock
-from konductor._primitives._hub import Entries, Hub
+from konductor._primitives._hub import Entries, Hub, Settle
 from konductor._primitives._renewal import Renewer
 from konductor._store._base import Store
 from konductor._store._kinds import Kind
@@ -55,11 +55,11 @@ class Runtime:
                 "methods inside its `async with` / `with` block, or create a new client"
             )
 
-    def hub(self, kind: Kind, name: str, entries: Entries) -> Hub:
+    def hub(self, kind: Kind, name: str, entries: Entries, settle: Settle | None = None) -> Hub:
         self.check_open()
         key = (kind, name)
         if key not in self._hubs:
-            self._hubs[key] = Hub(self.store, kind, name, self.clock, entries)
+            self._hubs[key] = Hub(self.store, kind, name, self.clock, entries, settle)
         return self._hubs[key]
 
     async def close(self) -> None:

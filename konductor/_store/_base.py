@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import copy
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -131,6 +131,32 @@ class Store(abc.ABC):
             Conflict: the object changed since ``version``.
             NotFound: the object no longer exists.
             InvalidArgument: the kind has no status (a Lease).
+        """
+
+    @abc.abstractmethod
+    async def patch_status(
+        self,
+        kind: Kind,
+        name: str,
+        ops: Sequence[JSON],
+        *,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> StoredObject:
+        """Apply a guarded JSON Patch (:mod:`._jsonpatch`) to the status, atomically.
+
+        The operations apply in order to the object's *current* state, with no
+        version precondition: the ``test`` operations say what the write
+        depends on, and a change elsewhere in the object does not make it
+        fail. Paths are into ``{"spec": ..., "status": ...}``; only the status
+        may change. ``timeout`` and ``on_sent`` as for :meth:`replace_status`.
+
+        Raises:
+            Conflict: a ``test`` operation failed (nothing was applied).
+            NotFound: the object no longer exists.
+            Invalid: the patched status violates the kind's schema.
+            InvalidArgument: the kind has no status (a Lease), or the patch
+                would change something other than the status.
         """
 
     @abc.abstractmethod

@@ -12,11 +12,11 @@ import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from konductor._errors import InvalidArgument, StoreUnavailable
+from konductor._errors import Conflict, Invalid, InvalidArgument, StoreUnavailable
 from konductor._kube._api import JSON, KubeApi, Target, raise_for_status
 from konductor._names import validate_name, validate_namespace
 from konductor._store._base import (
@@ -27,6 +27,7 @@ from konductor._store._base import (
     copy_json,
     version_newer,
 )
+from konductor._store._jsonpatch import check_status_patch, tests_pass
 from konductor._store._kinds import Kind
 from konductor._store._watch import Bookmark, RawEvent
 
@@ -248,6 +249,49 @@ class KubernetesStore(Store):
             timeout=timeout,
             on_attempt=on_sent,
         )
+        return self._seen(kind, raw)
+
+    async def patch_status(
+        self,
+        kind: Kind,
+        name: str,
+        ops: Sequence[JSON],
+        *,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> StoredObject:
+        validate_name(name)
+        if not kind.has_status:
+            raise InvalidArgument(f"{kind} has no status subresource; write its spec instead")
+        check_status_patch(f"{kind} {name!r}", ops)
+        api = await self._connect()
+        end = None if timeout is None else time.monotonic() + timeout
+        target = self._target("patch", kind, name)
+        try:
+            raw = await api.request(
+                "PATCH",
+                f"{self._collection(kind)}/{name}/status",
+                target,
+                body=[dict(op) for op in ops],
+                timeout=timeout,
+                on_attempt=on_sent,
+                content_type="application/json-patch+json",
+            )
+        except Invalid:
+            # The API server answers 422 both for a failed test operation (a
+            # conflict: the object changed in a way the write relied on) and
+            # for a patched object its schema rejects. Tell them apart on the
+            # object as it is now, not on the message text.
+            left = None if end is None else max(0.001, end - time.monotonic())
+            current = await self.get(kind, name, timeout=left)
+            if tests_pass({"spec": current.spec, "status": current.status}, ops):
+                raise
+            raise Conflict(
+                f"cannot patch {kind} {name!r}: it changed since it was read in a way "
+                "the write depended on; read it again and retry",
+                status=422,
+                reason="Invalid",
+            ) from None
         return self._seen(kind, raw)
 
     async def replace_spec(

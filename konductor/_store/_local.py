@@ -58,7 +58,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -77,7 +77,15 @@ from konductor._errors import (
     StoreUnavailable,
 )
 from konductor._names import validate_name, validate_namespace
-from konductor._store._base import EventType, ObjectList, Store, StoredObject, WatchEvent
+from konductor._store._base import (
+    JSON,
+    EventType,
+    ObjectList,
+    Store,
+    StoredObject,
+    WatchEvent,
+)
+from konductor._store._jsonpatch import patched_status
 from konductor._store._kinds import Kind
 from konductor._store._schema import validate_spec, validate_status
 from konductor._store._watch import Bookmark, RawEvent
@@ -527,6 +535,39 @@ class LocalStore(Store):
         if on_sent is not None:
             on_sent()
         return await self._replace(kind, name, version, spec=None, status=_dumps(status, "status"))
+
+    async def patch_status(
+        self,
+        kind: Kind,
+        name: str,
+        ops: Sequence[JSON],
+        *,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> StoredObject:
+        if not kind.has_status:
+            raise InvalidArgument(f"{kind} has no status; write its spec instead")
+        validate_name(name)
+        if on_sent is not None:
+            on_sent()
+        patch = [dict(op) for op in ops]
+
+        def write(conn: sqlite3.Connection) -> StoredObject:
+            # Read, apply and write in one transaction: atomic against every
+            # other process, as the API server's own read-modify-write is.
+            current = self._existing(conn, kind, name)
+            status = patched_status(f"{kind} {name!r}", current.spec, current.status, patch)
+            validate_status(kind, name, status)
+            status_text = _dumps(status, "status")
+            revision = self._bump(conn)
+            obj = StoredObject(
+                kind, name, str(revision), current.spec, json.loads(status_text), current.uid
+            )
+            self._store(conn, obj, json.dumps(current.spec), status_text)
+            self._record(conn, revision, "MODIFIED", obj)
+            return obj
+
+        return await self._write(write)
 
     async def replace_spec(
         self,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from konductor._errors import AlreadyExists, Conflict, Expired, InvalidArgument, NotFound
 from konductor._names import validate_name, validate_namespace
 from konductor._store._base import (
+    JSON,
     EventType,
     ObjectList,
     Store,
@@ -28,6 +29,7 @@ from konductor._store._base import (
     WatchEvent,
     copy_json,
 )
+from konductor._store._jsonpatch import patched_status
 from konductor._store._kinds import Kind
 from konductor._store._schema import validate_spec, validate_status
 from konductor._store._watch import RawEvent
@@ -131,6 +133,25 @@ class MemoryStore(Store):
         self._check_version(current, version)
         validate_status(kind, name, status)
         return await self._replace(current, status=copy_json(status))
+
+    async def patch_status(
+        self,
+        kind: Kind,
+        name: str,
+        ops: Sequence[JSON],
+        *,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> StoredObject:
+        if not kind.has_status:
+            raise InvalidArgument(f"{kind} has no status; write its spec instead")
+        if on_sent is not None:
+            on_sent()
+        await self._round_trip()
+        current = self._existing(kind, name)
+        status = patched_status(f"{kind} {name!r}", current.spec, current.status, ops)
+        validate_status(kind, name, status)
+        return await self._replace(current, status=status)
 
     async def replace_spec(
         self,

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,8 @@ import pytest
 
 from konductor import StoreUnavailable
 from konductor.store import Kind, ObjectList, Store, StoredObject
+
+JSON = dict[str, Any]
 
 MICRO_TIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
 
@@ -65,6 +67,18 @@ class Outage(Store):
         return await self.inner.replace_status(
             kind, name, status, version=version, timeout=timeout, on_sent=on_sent
         )
+
+    async def patch_status(
+        self,
+        kind: Kind,
+        name: str,
+        ops: Sequence[JSON],
+        *,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> StoredObject:
+        self._call("patch_status")
+        return await self.inner.patch_status(kind, name, ops, timeout=timeout, on_sent=on_sent)
 
     async def replace_spec(
         self,

@@ -332,3 +332,134 @@ async def test_objects_are_isolated_by_kind(backend: Backend) -> None:
     await backend.store.create(BARRIER, "same-name", {"expected": 3})
     assert (await backend.store.get(BARRIER, "same-name")).spec == {"expected": 3}
     assert _names((await backend.store.list(SEMAPHORE)).items) == ["same-name"]
+
+
+# --- Guarded JSON Patch of the status (patch_status) -----------------------------------
+
+
+async def _with_status(store: Store, name: str, status: dict[str, object]) -> StoredObject:
+    obj = await store.create(SEMAPHORE, name, {"permits": 2})
+    return await store.replace_status(SEMAPHORE, name, status, version=obj.version)
+
+
+async def test_patch_applies_to_the_current_state_not_the_version_read(backend: Backend) -> None:
+    """A patch has no version precondition: a change it does not test does not stop it."""
+    store = backend.store
+    obj = await _with_status(store, "p-current", {"note": ["a"], "inUse": 0})
+    other = backend.another()
+    await other.replace_status(
+        SEMAPHORE, "p-current", {"note": ["a"], "inUse": 1}, version=obj.version
+    )
+    patched = await store.patch_status(
+        SEMAPHORE,
+        "p-current",
+        [
+            {"op": "test", "path": "/status/note/0", "value": "a"},
+            {"op": "add", "path": "/status/note/-", "value": "b"},
+        ],
+    )
+    assert patched.status == {"note": ["a", "b"], "inUse": 1}
+    assert (await store.get(SEMAPHORE, "p-current")).status == patched.status
+
+
+async def test_a_failed_test_is_a_conflict_and_applies_nothing(backend: Backend) -> None:
+    store = backend.store
+    obj = await _with_status(store, "p-test", {"note": ["a"], "inUse": 0})
+    for ops in (
+        [{"op": "test", "path": "/status/note", "value": ["x"]}],
+        [{"op": "test", "path": "/status/missing", "value": 1}],
+        [{"op": "test", "path": "/spec/permits", "value": 3}],
+    ):
+        with pytest.raises(Conflict):
+            await store.patch_status(
+                SEMAPHORE, "p-test", [*ops, {"op": "replace", "path": "/status/inUse", "value": 1}]
+            )
+    now = await store.get(SEMAPHORE, "p-test")
+    assert now.version == obj.version
+    assert now.status == {"note": ["a"], "inUse": 0}
+
+
+async def test_patch_tests_compare_numbers_as_the_api_server_stores_them(
+    backend: Backend,
+) -> None:
+    """A float written as 15.0 tests equal to 15 (how every store writes it back)."""
+    store = backend.store
+    await _with_status(store, "p-num", {"entry": {"ttlSeconds": 15.0, "count": 1}})
+    patched = await store.patch_status(
+        SEMAPHORE,
+        "p-num",
+        [
+            {"op": "test", "path": "/status/entry", "value": {"ttlSeconds": 15, "count": 1}},
+            {"op": "replace", "path": "/status/entry/count", "value": 2},
+        ],
+    )
+    assert patched.status["entry"] == {"ttlSeconds": 15, "count": 2}
+
+
+async def test_concurrent_appends_never_conflict_and_none_is_lost(backend: Backend) -> None:
+    """20 writers on 4 connections append at once: every item lands, no Conflict."""
+    store = backend.store
+    await _with_status(store, "p-append", {"note": []})
+    clients = [store] + [backend.another() for _ in range(3)]
+    await asyncio.gather(
+        *(
+            clients[i % len(clients)].patch_status(
+                SEMAPHORE, "p-append", [{"op": "add", "path": "/status/note/-", "value": f"t{i}"}]
+            )
+            for i in range(20)
+        )
+    )
+    final = await store.get(SEMAPHORE, "p-append")
+    assert sorted(final.status["note"]) == sorted(f"t{i}" for i in range(20))
+
+
+async def test_a_patch_the_schema_rejects_is_invalid_not_a_conflict(backend: Backend) -> None:
+    """The API server answers 422 for both: the store tells them apart."""
+    store = backend.store
+    await _with_status(store, "p-invalid", {"waiting": 0})
+    with pytest.raises(Invalid) as info:
+        await store.patch_status(
+            SEMAPHORE,
+            "p-invalid",
+            [
+                {"op": "test", "path": "/status/waiting", "value": 0},
+                {"op": "replace", "path": "/status/waiting", "value": -5},
+            ],
+        )
+    assert not isinstance(info.value, Conflict)
+    assert "status.waiting" in str(info.value)
+
+
+async def test_a_patch_may_write_only_the_status(backend: Backend) -> None:
+    store = backend.store
+    await _with_status(store, "p-spec", {"waiting": 0})
+    for op in (
+        {"op": "replace", "path": "/spec/permits", "value": 9},
+        {"op": "remove", "path": "/metadata/labels"},
+        {"op": "move", "from": "/status/waiting", "path": "/status/w"},
+    ):
+        with pytest.raises(InvalidArgument):
+            await store.patch_status(SEMAPHORE, "p-spec", [op])
+    with pytest.raises(InvalidArgument):
+        await store.patch_status(LEASE, "p-spec", [{"op": "add", "path": "/status/x", "value": 1}])
+    assert (await store.get(SEMAPHORE, "p-spec")).spec == {"permits": 2}
+
+
+async def test_a_patch_is_one_watch_event(backend: Backend) -> None:
+    store = backend.store
+    obj = await _with_status(store, "p-watch", {"note": []})
+    async with Reader(store.watch(SEMAPHORE, name="p-watch", since=obj.version)) as reader:
+        patched = await store.patch_status(
+            SEMAPHORE, "p-watch", [{"op": "add", "path": "/status/note/-", "value": "a"}]
+        )
+        [event] = await reader.take(1)
+        assert event.type == "MODIFIED"
+        assert event.object.version == patched.version
+        assert event.object.status == {"note": ["a"]}
+
+
+async def test_patching_a_missing_object_is_not_found(backend: Backend) -> None:
+    with pytest.raises(NotFound):
+        await backend.store.patch_status(
+            SEMAPHORE, "p-none", [{"op": "add", "path": "/status/note/-", "value": "a"}]
+        )

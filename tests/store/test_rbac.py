@@ -140,8 +140,11 @@ async def test_a_role_missing_any_one_verb_gives_forbidden_naming_it(
                     return await asyncio.wait_for(anext(events), 5)
             if verb == "create":
                 return await store.create(kind, "fresh", spec)
-            assert verb == "update"
             assert made is not None
+            if verb == "patch":
+                ops = [{"op": "add", "path": "/status/waiting", "value": 0}]
+                return await store.patch_status(kind, "obj", ops)
+            assert verb == "update"
             if kind is SEMAPHORE:
                 return await store.replace_status(kind, "obj", {}, version=made.version)
             return await store.replace_spec(kind, "obj", spec, version=made.version)
@@ -161,6 +164,30 @@ async def test_a_role_missing_any_one_verb_gives_forbidden_naming_it(
             await call()
         assert verb in str(caught.value)
         assert kind.plural in str(caught.value)
+
+
+async def test_a_role_from_before_patch_still_runs_the_queues(
+    kube_crds: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Role without `patch` (older RBAC): writes fall back to compare-and-swap, with a warning."""
+    ns = fresh_namespace(kube_crds)
+    _sa, role, binding = rbac(ns)
+    for rule in role["rules"]:
+        rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+    _bind(kube_crds, ns, role, binding)
+    store = KubernetesStore(ns, kubeconfig=kube_crds.bob_kubeconfig)
+    async with Client(store) as bob:
+        first = await _until_granted(lambda: bob.acquire_semaphore("sem", permits=1, ttl=3))
+        waiter = asyncio.ensure_future(bob.acquire_semaphore("sem", timeout=30, ttl=3))
+        await asyncio.sleep(0.5)
+        assert not waiter.done()
+        await first.release()
+        second = await waiter
+        assert second.token > first.token
+        await second.release()
+        async with bob.mutex("m", ttl=3), bob.read_lock("rw", ttl=3):
+            pass
+    assert any("not allowed to patch" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("timeout", [30.0, None])
