@@ -20,7 +20,7 @@ many processes, each its own client; that is what this measures. For every
 * each worker loops one task acquire -> hold -> release for ``--seconds``;
 * counts the requests with the apiserver's own ``/metrics``
   (``apiserver_request_total{resource="semaphores"}``, every verb including
-  WATCH, ``code="409"`` for conflicts), scraped before the start and after every
+  WATCH, ``code="409"`` and ``"422"`` for conflicts), scraped before the start and after every
   worker has exited (a watch is counted when it ends), alongside the clients'
   own counters as a cross-check;
 * takes the peak number of holders from a Redis witness (127.0.0.1:6379);
@@ -87,7 +87,10 @@ class ServerCounts:
 
     @property
     def conflicts(self) -> int:
-        return sum(n for (_, code), n in self.by.items() if code == "409")
+        # 409: a compare-and-swap on a stale version; 422: a guarded patch whose
+        # test failed (the API server answers 422 for it; konductor's own writes
+        # are never otherwise invalid, so every 422 here is such a conflict).
+        return sum(n for (_, code), n in self.by.items() if code in ("409", "422"))
 
     @property
     def watches(self) -> int:
@@ -348,7 +351,7 @@ HEADERS = (
     "grants/s",
     "ideal",
     "requests/grant",
-    "409/grant",
+    "conflicts/grant",
     "watches/grant",
     "wait p50 ms",
     "wait p95 ms",
@@ -364,7 +367,7 @@ RATIO_HEADERS = (
     "hold ms",
     "grants/s k/b",
     "requests/grant k/b",
-    "409/grant k/b",
+    "conflicts/grant k/b",
     "wait p50 k/b",
 )
 
@@ -465,7 +468,8 @@ def notes(windows: list[Window], where: str, args: argparse.Namespace, took: flo
         f" {platform.python_version()}; load average at the end {os.getloadavg()[0]:.1f}",
         "each process = one OS process, its own Client and KubernetesStore, one task looping"
         " acquire -> hold -> release; all start at one instant after connecting",
-        "requests/grant, 409/grant, watches/grant: the apiserver's own apiserver_request_total"
+        "requests/grant, conflicts/grant (409 stale CAS + 422 failed patch test),"
+        " watches/grant: the apiserver's own apiserver_request_total"
         " for resource semaphores (all verbs incl. WATCH, any code), scraped before the start"
         " and after all workers exited, / grants in the window; ideal = min(processes,"
         " permits) / hold",

@@ -21,3 +21,5 @@ MAX_TOKEN = 2**53 - 1  # fencing tokens and counters: exact in every JSON reader
 MAX_ERROR = 1024  # characters of a once-function's error kept in status
 MAX_OPS = 100  # recent operation ids a wait group keeps
 MAX_CONDITIONS = 100  # conditions of one gate
+MIN_PRIORITY = -100  # a queued request's priority (higher is served sooner)
+MAX_PRIORITY = 100

@@ -88,6 +88,15 @@ def _slot(*, holder: bool) -> JSON:
         "renewals": _COUNTER,
         "renewedAt": _time("When the owner last renewed (its own clock; for people)."),
         "token": _TOKEN,
+        "priority": {
+            "type": "integer",
+            "minimum": limits.MIN_PRIORITY,
+            "maximum": limits.MAX_PRIORITY,
+            "description": "Higher is served sooner; queued tickets age (see docs/semaphore.md).",
+        },
+        "queuedAt": _int(
+            0, "nextToken when the ticket queued: the origin of its age.", limits.MAX_TOKEN
+        ),
     }
     required = ["id", "holder", "count", "mode", "ttlSeconds", "renewals", "renewedAt"]
     return _object(properties, [*required, "token"] if holder else required)
@@ -95,7 +104,9 @@ def _slot(*, holder: bool) -> JSON:
 
 _QUEUED_STATUS: JSON = {
     "holders": _array(_slot(holder=True), limits.MAX_HOLDERS, "Granted entries."),
-    "queue": _array(_slot(holder=False), limits.MAX_QUEUE, "Waiters, first come first served."),
+    "queue": _array(
+        _slot(holder=False), limits.MAX_QUEUE, "Waiters, by priority then first come first served."
+    ),
     "nextToken": _TOKEN,
     "inUse": _int(0, "Permits in use (derived).", limits.MAX_PERMITS),
     "readers": _int(0, "Readers holding (derived).", limits.MAX_HOLDERS),

@@ -27,7 +27,7 @@ COLUMNS = [
     "grants/s",
     "ideal",
     "requests/grant",
-    "409/grant",
+    "conflicts/grant",
     "watches/grant",
     "wait p50 ms",
     "wait p95 ms",

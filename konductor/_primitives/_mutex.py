@@ -35,7 +35,7 @@ class Lock(Grant):
         return f"<Lock {self.name!r} mode={self.mode} token={self.token}>"
 
 
-def _engine(rt: Runtime, name: str, mode: str, ttl: object) -> Queued[Lock]:
+def _engine(rt: Runtime, name: str, mode: str, ttl: object, priority: int = 0) -> Queued[Lock]:
     validate_name(name)
     exclusive = mode == state.EXCLUSIVE
     return Queued(
@@ -49,6 +49,7 @@ def _engine(rt: Runtime, name: str, mode: str, ttl: object) -> Queued[Lock]:
         mode=mode,
         create_spec={},
         noun="mutex" if exclusive else "rwmutex",
+        priority=check.priority(priority),
     )
 
 
@@ -61,24 +62,33 @@ async def _obtain(engine: Queued[Lock], timeout: float | None) -> Lock:
 class MutexMethods(HasRuntime):
     """The mutex and read-write mutex methods of :class:`konductor.Client`."""
 
-    def _lock(self, name: str, mode: str, ttl: object, timeout: object) -> Guarded[Lock]:
-        engine = _engine(self._rt, name, mode, ttl)
+    def _lock(
+        self, name: str, mode: str, ttl: object, timeout: object, priority: int = 0
+    ) -> Guarded[Lock]:
+        engine = _engine(self._rt, name, mode, ttl, priority)
         wait = check.timeout(timeout)
         return Guarded(lambda: _obtain(engine, wait))
 
     def mutex(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+        self,
+        name: str,
+        *,
+        ttl: object = DEFAULT_TTL,
+        timeout: object = None,
+        priority: int = 0,
     ) -> Guarded[Lock]:
         """``async with client.mutex("reindex") as lock:``: exclusive, first come first served.
 
-        Created if missing. ``lock.token`` is the fencing token.
+        Created if missing. ``lock.token`` is the fencing token. Waiters are
+        served by ``priority`` (higher first, -100..100), first come first
+        served within one; a waiter gains one level per 4 grants it waits.
 
         Raises:
             InvalidArgument / InvalidName: bad arguments, before any API call.
             AcquireTimeout: not locked within ``timeout`` seconds.
             MutexLost: (on exit) the lock was lost while held; the body was cancelled.
         """
-        return self._lock(name, state.EXCLUSIVE, ttl, timeout)
+        return self._lock(name, state.EXCLUSIVE, ttl, timeout, priority)
 
     def read_lock(
         self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
@@ -103,10 +113,16 @@ class MutexMethods(HasRuntime):
         return self._lock(name, state.WRITE, ttl, timeout)
 
     async def acquire_mutex(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+        self,
+        name: str,
+        *,
+        ttl: object = DEFAULT_TTL,
+        timeout: object = None,
+        priority: int = 0,
     ) -> Lock:
         """Lock and return the :class:`Lock`; call ``await lock.release()``."""
-        return await _obtain(_engine(self._rt, name, state.EXCLUSIVE, ttl), check.timeout(timeout))
+        engine = _engine(self._rt, name, state.EXCLUSIVE, ttl, priority)
+        return await _obtain(engine, check.timeout(timeout))
 
     async def try_acquire_mutex(self, name: str, *, ttl: object = DEFAULT_TTL) -> Lock | None:
         """The lock if it is free and nobody is queued, else ``None`` (no wait, no ticket)."""

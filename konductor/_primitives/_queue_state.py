@@ -9,12 +9,18 @@ compare-and-swap, so these functions decide everything and touch nothing:
     FIFO tickets of waiters; a ticket expires like a grant, so a dead waiter
     never blocks the queue
 ``nextToken``
-    the fencing token the next grant receives; it only ever increases
+    the fencing token the next grant receives; it only ever increases (it is
+    also the queue's clock for aging: one tick per grant)
 summary fields
     derived for ``kubectl get`` printer columns, by the :class:`Policy`
 
 A :class:`Policy` says when a request may be granted given the live holders
-and the tickets queued ahead of it. Safety: a grant is added only when the
+and the tickets queued ahead of it. "Ahead" is the service order
+(:func:`service_order`): higher priority first, first come first served within
+one priority, and every ticket gains one level of priority per
+:data:`AGING_GRANTS` grants it waits, so a low priority never starves (a
+ticket is served within ``AGING_GRANTS * (MAX_PRIORITY - its priority)`` grants
+plus those of the tickets already ahead of it by then). Safety: a grant is added only when the
 policy admits it over the non-stale holders (the caller supplies which entries
 are stale, judged on its own monotonic clock). Fairness: policies never admit
 a request while an incompatible ticket is ahead of it.
@@ -54,6 +60,10 @@ MODES = (EXCLUSIVE, READ, WRITE)
 _ANYWHERE = Where(SEMAPHORE_KIND)
 
 
+#: Grants a queued ticket waits to gain one level of priority.
+AGING_GRANTS = 4
+
+
 @dataclass(frozen=True)
 class Request:
     """One acquisition attempt, identified by ``id`` across retries."""
@@ -63,6 +73,7 @@ class Request:
     count: int
     ttl: float
     mode: str = EXCLUSIVE
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,8 @@ class Slot:
     renewed_at: str
     token: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    queued_at: int = 0  # ``nextToken`` when the ticket was queued (its age's origin)
 
     def to_json(self) -> JSON:
         out: JSON = copy.deepcopy(dict(self.extra))
@@ -96,6 +109,10 @@ class Slot:
         )
         if self.token is not None:
             out["token"] = self.token
+        else:
+            out["queuedAt"] = self.queued_at
+        if self.priority:
+            out["priority"] = self.priority
         return out
 
 
@@ -123,7 +140,18 @@ class Outcome:
     ops: list[JSON] | None = None
 
 
-_KNOWN = ("id", "holder", "count", "mode", "ttlSeconds", "renewals", "renewedAt", "token")
+_KNOWN = (
+    "id",
+    "holder",
+    "count",
+    "mode",
+    "ttlSeconds",
+    "renewals",
+    "renewedAt",
+    "token",
+    "priority",
+    "queuedAt",
+)
 
 
 def _slot(where: Where, path: str, raw: Any, *, holder: bool) -> Slot:
@@ -155,6 +183,18 @@ def _slot(where: Where, path: str, raw: Any, *, holder: bool) -> Slot:
         ),
         token=token,
         extra={k: v for k, v in entry.items() if k not in _KNOWN},
+        priority=p.integer(
+            where,
+            f"{path}.priority",
+            entry.get("priority", 0),
+            minimum=limits.MIN_PRIORITY,
+            maximum=limits.MAX_PRIORITY,
+        ),
+        queued_at=0
+        if holder
+        else p.integer(
+            where, f"{path}.queuedAt", entry.get("queuedAt", 0), minimum=0, maximum=limits.MAX_TOKEN
+        ),
     )
 
 
@@ -213,6 +253,41 @@ def tracked_entries(obj: StoredObject) -> list[JSON]:
             except CorruptState:
                 continue
     return out
+
+
+def _ranked(queue: Sequence[Slot], next_token: int) -> list[tuple[int, Slot]]:
+    """(effective priority, ticket) in service order; see :func:`service_order`."""
+    origin = 0
+    keyed = []
+    for index, ticket in enumerate(queue):
+        origin = max(origin, ticket.queued_at)
+        effective = ticket.priority + max(0, next_token - origin) // AGING_GRANTS
+        keyed.append((-effective, index, ticket))
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [(-k[0], k[2]) for k in keyed]
+
+
+def service_order(queue: Sequence[Slot], next_token: int) -> list[Slot]:
+    """The tickets in the order they are to be served.
+
+    Highest effective priority first: a ticket's priority plus one level per
+    :data:`AGING_GRANTS` grants since it queued (``nextToken`` counts grants).
+    Ties go to the ticket queued first. A ticket's age origin is taken as no
+    earlier than that of any ticket queued before it, so that, within one
+    priority, order is exactly arrival order even when a ticket was appended
+    with an out-of-date ``nextToken``.
+    """
+    return [t for _, t in _ranked(queue, next_token)]
+
+
+def _ahead(queue: Sequence[Slot], next_token: int, req: Request) -> list[Slot]:
+    """The tickets served before ``req``, queued or not yet (a new ticket has
+    age 0 and comes after every ticket of the same effective priority)."""
+    ranked = _ranked(queue, next_token)
+    for i, (_, ticket) in enumerate(ranked):
+        if ticket.id == req.id:
+            return [t for _, t in ranked[:i]]
+    return [t for effective, t in ranked if effective >= req.priority]
 
 
 class Policy(Protocol):
@@ -487,18 +562,28 @@ def _promote(
     """
     held, waiting = list(holders), list(queue)
     while waiting:
-        head = waiting[0]
-        req = Request(head.id, head.holder, head.count, head.ttl, head.mode)
+        head = service_order(waiting, token)[0]
+        req = Request(head.id, head.holder, head.count, head.ttl, head.mode, head.priority)
         if not policy.can_grant(capacity, held, [], req):
             break
-        held.append(replace(head, token=token))
-        waiting.pop(0)
+        held.append(replace(head, token=token, queued_at=0))
+        waiting.remove(head)
         token += 1
     return held, waiting, token
 
 
-def _slot_of(req: Request, wall: str) -> Slot:
-    return Slot(req.id, req.holder, req.count, req.mode, req.ttl, 0, wall)
+def _slot_of(req: Request, wall: str, next_token: int) -> Slot:
+    return Slot(
+        req.id,
+        req.holder,
+        req.count,
+        req.mode,
+        req.ttl,
+        0,
+        wall,
+        priority=req.priority,
+        queued_at=next_token,
+    )
 
 
 def acquire(
@@ -536,16 +621,15 @@ def acquire(
             held, waiting, token = _promote(capacity, holders, queue, token, policy)
             new = _finish(status, held, waiting, token, policy)
             return Outcome(new, h.to_json(), patch_ops(status, spec, new))
-    position = next((i for i, q in enumerate(queue) if q.id == req.id), len(queue))
+    queued = any(q.id == req.id for q in queue)
     granted: Slot | None = None
-    queued = position < len(queue)
-    if policy.can_grant(capacity, holders, queue[:position], req):
-        granted = replace(_slot_of(req, wall), token=token)
+    if policy.can_grant(capacity, holders, _ahead(queue, token, req), req):
+        granted = replace(_slot_of(req, wall, 0), token=token, queued_at=0)
         holders = [*holders, granted]
         queue = [q for q in queue if q.id != req.id]
         token += 1
-    elif position == len(queue) and enqueue:
-        queue = [*queue, _slot_of(req, wall)]
+    elif not queued and enqueue:
+        queue = [*queue, _slot_of(req, wall, token)]
     elif not purged:
         return Outcome(None)
     held, waiting, token = _promote(capacity, holders, queue, token, policy)
@@ -626,6 +710,6 @@ def blocking_entries(
         CorruptState: the status does not parse.
     """
     parsed = parse(status, where)
-    queue = list(parsed.queue)
-    position = next((i for i, q in enumerate(queue) if q.id == req_id), len(queue))
-    return [e.to_json() for e in (*parsed.holders, *queue[:position])]
+    order = service_order(parsed.queue, parsed.next_token)
+    position = next((i for i, q in enumerate(order) if q.id == req_id), len(order))
+    return [e.to_json() for e in (*parsed.holders, *order[:position])]

@@ -76,6 +76,7 @@ class Queued(Generic[G]):
         missing_hint: str = "",
         check: Callable[[StoredObject], None] | None = None,
         noun: str = "",
+        priority: int = 0,
     ) -> None:
         self.rt = rt
         self.kind = kind
@@ -89,6 +90,7 @@ class Queued(Generic[G]):
         self.missing_hint = missing_hint
         self.check = check
         self.noun = noun or kind.kind.lower()
+        self.priority = priority
         self.hub: Hub = rt.hub(
             kind, name, ENTRIES, lambda obj: as_new_state(state.settle(obj.status, policy))
         )
@@ -192,7 +194,9 @@ class Queued(Generic[G]):
         self, timeout: float | None, deadline: float | None, blocking: bool
     ) -> G | _Again | None:
         clock = self.rt.clock
-        req = state.Request(uuid.uuid4().hex, self.rt.identity, self.count, self.ttl, self.mode)
+        req = state.Request(
+            uuid.uuid4().hex, self.rt.identity, self.count, self.ttl, self.mode, self.priority
+        )
         entry = self._entry(req.id)
         backoff = Backoff(initial=0.1, cap=2.0)
         registered = watching = refreshed = False

@@ -46,7 +46,9 @@ class Permit(Grant):
         return f"<Permit {self.name!r} count={self.count} token={self.token}>"
 
 
-def make(rt: Runtime, name: str, permits: int | None, count: int, ttl: object) -> Queued[Permit]:
+def make(
+    rt: Runtime, name: str, permits: int | None, count: int, ttl: object, priority: int = 0
+) -> Queued[Permit]:
     """A semaphore acquisition site, after checking every argument (no API call)."""
     validate_name(name)
     if permits is not None:
@@ -85,6 +87,7 @@ def make(rt: Runtime, name: str, permits: int | None, count: int, ttl: object) -
         missing_hint="pass permits=N to create it",
         check=check_spec,
         noun="semaphore",
+        priority=check.priority(priority),
     )
 
 
@@ -101,11 +104,14 @@ class SemaphoreMethods(HasRuntime):
         count: int = 1,
         ttl: object = DEFAULT_TTL,
         timeout: object = None,
+        priority: int = 0,
     ) -> Guarded[Permit]:
         """``async with client.semaphore("payments-api", permits=3) as permit:``.
 
         Created with ``permits`` if missing; if it exists the cluster's spec
-        wins (a mismatch is logged). Waiters are served first come, first served.
+        wins (a mismatch is logged). Waiters are served by ``priority`` (higher
+        first, -100..100, default 0), first come first served within one
+        priority; a waiter gains one level per 4 grants it waits, so none starves.
 
         Raises:
             InvalidArgument / InvalidName: bad arguments, before any API call.
@@ -113,7 +119,7 @@ class SemaphoreMethods(HasRuntime):
             SemaphoreLost: (on exit) the permit was lost while the body ran;
                 the body was cancelled.
         """
-        sem = make(self._rt, name, permits, count, ttl)
+        sem = make(self._rt, name, permits, count, ttl, priority)
         wait = check.timeout(timeout)
 
         async def obtain() -> Permit:
@@ -131,6 +137,7 @@ class SemaphoreMethods(HasRuntime):
         count: int = 1,
         ttl: object = DEFAULT_TTL,
         timeout: object = None,
+        priority: int = 0,
     ) -> Permit:
         """Acquire and return a :class:`Permit`; call ``await permit.release()``.
 
@@ -138,7 +145,7 @@ class SemaphoreMethods(HasRuntime):
             InvalidArgument / InvalidName: bad arguments, before any API call.
             AcquireTimeout: no permit within ``timeout`` seconds.
         """
-        sem = make(self._rt, name, permits, count, ttl)
+        sem = make(self._rt, name, permits, count, ttl, priority)
         permit = await sem.acquire(check.timeout(timeout))
         assert permit is not None
         return permit

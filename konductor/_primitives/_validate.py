@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from konductor._errors import InvalidArgument
-from konductor._limits import MAX_TTL
+from konductor._limits import MAX_PRIORITY, MAX_TTL, MIN_PRIORITY
 
 
 def seconds(value: object, what: str) -> float:
@@ -63,6 +63,24 @@ def positive_int(value: object, what: str, *, maximum: int | None = None) -> int
         raise InvalidArgument(f"{what} must be at least 1, got {value}")
     if maximum is not None and value > maximum:
         raise InvalidArgument(f"{what} must be at most {maximum:,}, got {value:,}")
+    return value
+
+
+def priority(value: object) -> int:
+    """A queued request's priority: an int in -100..100 (higher is served sooner).
+
+    Raises:
+        InvalidArgument: not an int (a bool is not), or out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(
+            f"priority must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}, got {value!r}"
+        )
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise InvalidArgument(
+            f"priority must be from {MIN_PRIORITY} to {MAX_PRIORITY} (higher is served "
+            f"sooner; the default is 0), got {value}"
+        )
     return value
 
 

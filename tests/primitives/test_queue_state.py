@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from konductor._primitives import _queue_state as s
+from konductor._store import _jsonpatch as jp
 from konductor._primitives._expiry import ExpiryTracker
 
 W = "2026-11-26T00:00:00.000000Z"
@@ -199,3 +202,162 @@ def test_mutex_is_exclusive_and_fifo() -> None:
     assert status["holder"] == "holder-b"  # handed to the first waiter
     assert s.acquire(status, {}, req("c"), set(), W, s.MUTEX).granted is None
     assert s.acquire(status, {}, req("b"), set(), W, s.MUTEX).granted is not None
+
+
+# --- priority with aging ---------------------------------------------------------------
+
+
+def preq(i: str, priority: int) -> s.Request:
+    return s.Request(i, f"holder-{i}", 1, 10.0, priority=priority)
+
+
+def queue_ids(status: dict) -> list[str]:  # type: ignore[type-arg]
+    return [q["id"] for q in status.get("queue", [])]
+
+
+def test_higher_priority_is_served_first_fifo_within_one() -> None:
+    status: dict = apply({}, 1, req("h")).status  # type: ignore[assignment, type-arg]
+    for i, priority in (("a", 0), ("b", 5), ("c", 0), ("d", 5)):
+        out = apply(status, 1, preq(i, priority))
+        assert out.granted is None and out.status is not None
+        status = out.status
+    served = []
+    holder = "h"
+    for _ in range(4):
+        status = free(status, 1, holder)
+        holder = holder_ids(status)[0]
+        served.append(holder)
+    assert served == ["b", "d", "a", "c"]
+
+
+def test_a_new_request_does_not_overtake_an_equal_or_higher_priority_ticket() -> None:
+    status: dict = apply({}, 1, req("h")).status  # type: ignore[assignment, type-arg]
+    status = apply(status, 1, preq("a", 3)).status  # type: ignore[assignment]
+    status = free(status, 1, "h")
+    assert holder_ids(status) == ["a"]
+    status = apply(status, 1, preq("b", 3)).status  # type: ignore[assignment]
+    status = apply(status, 1, preq("c", 9)).status  # type: ignore[assignment]
+    status = free(status, 1, "a")
+    assert holder_ids(status) == ["c"]
+
+
+def test_aging_bounds_the_wait_of_a_low_priority_ticket() -> None:
+    """A priority-0 ticket behind an endless stream of priority-10 arrivals is served
+    within AGING_GRANTS * 10 grants plus the few already ahead of it."""
+    status: dict = apply({}, 1, req("h")).status  # type: ignore[assignment, type-arg]
+    status = apply(status, 1, preq("low", 0)).status  # type: ignore[assignment]
+    holder, grants = "h", 0
+    for n in range(1000):
+        status = apply(status, 1, preq(f"hi{n}", 10)).status  # type: ignore[assignment]
+        status = free(status, 1, holder)
+        holder = holder_ids(status)[0]
+        grants += 1
+        if holder == "low":
+            break
+    assert holder == "low"
+    assert grants <= s.AGING_GRANTS * 10 + 2
+
+
+def test_a_ticket_appended_with_an_old_next_token_keeps_its_place() -> None:
+    """Within one priority the order is arrival order, whatever queuedAt says."""
+    status: dict = apply({}, 1, req("h")).status  # type: ignore[assignment, type-arg]
+    status = apply({**status, "nextToken": 50}, 1, req("a")).status  # type: ignore[assignment]
+    assert status["queue"][0]["queuedAt"] == 50
+    # b is appended by a writer whose copy still said nextToken 2.
+    stale = apply({**status, "nextToken": 2, "queue": []}, 1, req("b"))
+    assert stale.status is not None
+    appended = stale.status["queue"][-1]
+    assert appended["queuedAt"] == 2
+    status = {**status, "queue": [*status["queue"], appended]}
+    parsed = s.parse(status)
+    for clock in (50, 60, 500):
+        assert [t.id for t in s.service_order(parsed.queue, clock)] == ["a", "b"]
+    assert holder_ids(free(status, 1, "h")) == ["a"]
+
+
+# --- guarded patches -------------------------------------------------------------------
+
+
+def patched(status: dict, permits: int, ops: list[dict]) -> dict:  # type: ignore[type-arg]
+    doc = jp.apply({"spec": {"permits": permits}, "status": status}, ops)
+    return doc["status"]  # type: ignore[no-any-return]
+
+
+def test_every_transition_patch_gives_the_same_status_as_its_cas() -> None:
+    """Over many scripted states: applying an outcome's ops to the old status gives its status."""
+    status: dict = {}  # type: ignore[type-arg]
+    status = apply(status, 3, req("seed")).status  # type: ignore[assignment]
+    checked = 0
+    for step in range(60):
+        if step % 3 == 2 and holder_ids(status):
+            out = s.release(status, {"permits": 3}, {holder_ids(status)[0]}, set(), s.SEMAPHORE)
+        else:
+            out = apply(status, 3, preq(f"r{step}", step % 4 - 1))
+        if out.status is None:
+            continue
+        assert out.ops is not None
+        assert patched(status, 3, out.ops) == jp.canonical(out.status)
+        checked += 1
+        status = jp.canonical(out.status)
+    assert checked > 40
+
+
+def test_a_release_does_not_conflict_with_a_concurrent_append() -> None:
+    status: dict = apply({}, 1, req("h")).status  # type: ignore[assignment, type-arg]
+    status = apply(status, 1, req("a")).status  # type: ignore[assignment]
+    release = s.release(status, {"permits": 1}, {"h"}, set(), s.SEMAPHORE)
+    append = apply(status, 1, req("b"))
+    assert release.ops is not None and append.ops is not None
+    assert [op["op"] for op in append.ops if op["path"].startswith("/status/queue")] == ["add"]
+    # b's ticket lands first, then the release (decided without it) still applies.
+    both = patched(patched(status, 1, append.ops), 1, release.ops)
+    assert holder_ids(both) == ["a"]
+    assert queue_ids(both) == ["b"]
+
+
+def test_a_fresh_grant_fails_if_someone_queued_meanwhile() -> None:
+    """FIFO across processes: a grant decided on an empty queue must not overtake."""
+    status: dict = apply({}, 2, req("h")).status  # type: ignore[assignment, type-arg]
+    status = free(status, 2, "h")
+    grant = apply(status, 2, req("fresh"))
+    assert grant.granted is not None and grant.ops is not None
+    queued = patched(status, 2, [{"op": "add", "path": "/status/queue/-", "value": {"x": 1}}])
+    with pytest.raises(jp.PatchTestFailed):
+        patched(queued, 2, grant.ops)
+
+
+def test_removing_a_stale_holder_fails_if_it_was_renewed_meanwhile() -> None:
+    status: dict = apply({}, 1, req("h")).status  # type: ignore[assignment, type-arg]
+    status = apply(status, 1, req("w")).status  # type: ignore[assignment]
+    purge = apply(status, 1, req("w"), stale={"h"})
+    assert purge.granted is not None and purge.ops is not None
+    renewed, _ = s.renew(status, {"h"}, "2026-11-26T00:00:05.000000Z", s.SEMAPHORE)
+    assert renewed.status is not None
+    with pytest.raises(jp.PatchTestFailed):
+        patched(jp.canonical(renewed.status), 1, purge.ops)
+
+
+def test_a_ticket_appended_twice_counts_once_and_the_next_write_drops_the_copy() -> None:
+    status: dict = apply({}, 1, req("h")).status  # type: ignore[assignment, type-arg]
+    out = apply(status, 1, req("a"))
+    assert out.ops is not None
+    twice = patched(patched(status, 1, out.ops), 1, out.ops)
+    assert queue_ids(twice) == ["a", "a"]
+    assert [q.id for q in s.parse(twice).queue] == ["a"]
+    released = s.release(twice, {"permits": 1}, {"h"}, set(), s.SEMAPHORE)
+    assert released.ops is not None
+    after = patched(twice, 1, released.ops)
+    assert holder_ids(after) == ["a"] and queue_ids(after) == []
+
+
+def test_settle_puts_the_waiting_count_right_and_tests_what_it_counted() -> None:
+    status: dict = apply({}, 1, req("h")).status  # type: ignore[assignment, type-arg]
+    status = apply(status, 1, req("a")).status  # type: ignore[assignment]
+    behind = {**status, "waiting": 0}
+    fix = s.settle(behind, s.SEMAPHORE)
+    assert fix.ops is not None and fix.status is not None
+    assert patched(behind, 1, fix.ops)["waiting"] == 1
+    assert s.settle(status, s.SEMAPHORE).status is None
+    moved = {**behind, "queue": []}
+    with pytest.raises(jp.PatchTestFailed):
+        patched(moved, 1, fix.ops)
