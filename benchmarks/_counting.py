@@ -9,7 +9,7 @@ writes. Nothing is changed about what the store does.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from konductor.store import Kind, KubernetesStore, ObjectList, StoredObject
 
 READS = ("get", "list")
-WRITES = ("create", "replace_status", "replace_spec", "delete")
+WRITES = ("create", "replace_status", "patch_status", "replace_spec", "delete")
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,20 @@ class CountingStore(KubernetesStore):
             super().replace_status(
                 kind, name, status, version=version, timeout=timeout, on_sent=on_sent
             )
+        )
+
+    async def patch_status(
+        self,
+        kind: Kind,
+        name: str,
+        ops: Sequence[dict[str, Any]],
+        *,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> StoredObject:
+        self.calls["patch_status"] += 1
+        return await self._conflict_counted(
+            super().patch_status(kind, name, ops, timeout=timeout, on_sent=on_sent)
         )
 
     async def replace_spec(

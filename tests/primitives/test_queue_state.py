@@ -7,8 +7,8 @@ import itertools
 import pytest
 
 from konductor._primitives import _queue_state as s
-from konductor._store import _jsonpatch as jp
 from konductor._primitives._expiry import ExpiryTracker
+from konductor._store import _jsonpatch as jp
 
 W = "2026-11-26T00:00:00.000000Z"
 
@@ -219,7 +219,8 @@ def test_higher_priority_is_served_first_fifo_within_one() -> None:
     status: dict = apply({}, 1, req("h")).status  # type: ignore[assignment, type-arg]
     for i, priority in (("a", 0), ("b", 5), ("c", 0), ("d", 5)):
         out = apply(status, 1, preq(i, priority))
-        assert out.granted is None and out.status is not None
+        assert out.granted is None
+        assert out.status is not None
         status = out.status
     served = []
     holder = "h"
@@ -307,7 +308,8 @@ def test_a_release_does_not_conflict_with_a_concurrent_append() -> None:
     status = apply(status, 1, req("a")).status  # type: ignore[assignment]
     release = s.release(status, {"permits": 1}, {"h"}, set(), s.SEMAPHORE)
     append = apply(status, 1, req("b"))
-    assert release.ops is not None and append.ops is not None
+    assert release.ops is not None
+    assert append.ops is not None
     assert [op["op"] for op in append.ops if op["path"].startswith("/status/queue")] == ["add"]
     # b's ticket lands first, then the release (decided without it) still applies.
     both = patched(patched(status, 1, append.ops), 1, release.ops)
@@ -320,7 +322,8 @@ def test_a_fresh_grant_fails_if_someone_queued_meanwhile() -> None:
     status: dict = apply({}, 2, req("h")).status  # type: ignore[assignment, type-arg]
     status = free(status, 2, "h")
     grant = apply(status, 2, req("fresh"))
-    assert grant.granted is not None and grant.ops is not None
+    assert grant.granted is not None
+    assert grant.ops is not None
     queued = patched(status, 2, [{"op": "add", "path": "/status/queue/-", "value": {"x": 1}}])
     with pytest.raises(jp.PatchTestFailed):
         patched(queued, 2, grant.ops)
@@ -330,7 +333,8 @@ def test_removing_a_stale_holder_fails_if_it_was_renewed_meanwhile() -> None:
     status: dict = apply({}, 1, req("h")).status  # type: ignore[assignment, type-arg]
     status = apply(status, 1, req("w")).status  # type: ignore[assignment]
     purge = apply(status, 1, req("w"), stale={"h"})
-    assert purge.granted is not None and purge.ops is not None
+    assert purge.granted is not None
+    assert purge.ops is not None
     renewed, _ = s.renew(status, {"h"}, "2026-11-26T00:00:05.000000Z", s.SEMAPHORE)
     assert renewed.status is not None
     with pytest.raises(jp.PatchTestFailed):
@@ -347,7 +351,8 @@ def test_a_ticket_appended_twice_counts_once_and_the_next_write_drops_the_copy()
     released = s.release(twice, {"permits": 1}, {"h"}, set(), s.SEMAPHORE)
     assert released.ops is not None
     after = patched(twice, 1, released.ops)
-    assert holder_ids(after) == ["a"] and queue_ids(after) == []
+    assert holder_ids(after) == ["a"]
+    assert queue_ids(after) == []
 
 
 def test_settle_puts_the_waiting_count_right_and_tests_what_it_counted() -> None:
@@ -355,7 +360,8 @@ def test_settle_puts_the_waiting_count_right_and_tests_what_it_counted() -> None
     status = apply(status, 1, req("a")).status  # type: ignore[assignment]
     behind = {**status, "waiting": 0}
     fix = s.settle(behind, s.SEMAPHORE)
-    assert fix.ops is not None and fix.status is not None
+    assert fix.ops is not None
+    assert fix.status is not None
     assert patched(behind, 1, fix.ops)["waiting"] == 1
     assert s.settle(status, s.SEMAPHORE).status is None
     moved = {**behind, "queue": []}

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from konductor import AcquireTimeout, Client, InvalidArgument, InvalidName, NotFound
-from konductor.store import SEMAPHORE
+from konductor.store import MUTEX, SEMAPHORE
 from konductor.testing import simulate_crash
 from tests.store.conftest import Backend
 
@@ -81,6 +81,63 @@ async def test_waiters_are_served_in_arrival_order(clients: Clients) -> None:
     await holder.release()
     await asyncio.gather(*tasks)
     assert order == [0, 1, 2, 3]
+
+
+async def _queued(backend: Backend, name: str, count: int) -> None:
+    """Until ``count`` tickets are in the stored queue (no sleeping on a guess)."""
+    for _ in range(600):
+        obj = await backend.store.get(SEMAPHORE, name)
+        if len(obj.status.get("queue") or []) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{count} tickets never reached the queue of {name!r}")
+
+
+async def test_waiters_are_served_by_priority_then_arrival(
+    clients: Clients, backend: Backend
+) -> None:
+    """Each waiter has its own client (own connection); tickets queue one by one."""
+    client = clients()
+    holder = await client.acquire_semaphore("prio", permits=1)
+    order: list[str] = []
+
+    async def waiter(label: str, priority: int) -> None:
+        async with clients().semaphore("prio", timeout=60, priority=priority):
+            order.append(label)
+
+    tasks = []
+    for i, (label, priority) in enumerate(
+        [("low", -5), ("mid-1", 0), ("high", 50), ("mid-2", 0), ("higher", 60)]
+    ):
+        tasks.append(asyncio.ensure_future(waiter(label, priority)))
+        await _queued(backend, "prio", i + 1)
+    obj = await backend.store.get(SEMAPHORE, "prio")
+    assert [q.get("priority", 0) for q in obj.status["queue"]] == [-5, 0, 50, 0, 60]
+    await holder.release()
+    await asyncio.gather(*tasks)
+    assert order == ["higher", "high", "mid-1", "mid-2", "low"]
+
+
+async def test_mutex_waiters_are_served_by_priority(clients: Clients, backend: Backend) -> None:
+    client = clients()
+    lock = await client.acquire_mutex("prio-m")
+    order: list[str] = []
+
+    async def waiter(label: str, priority: int) -> None:
+        async with clients().mutex("prio-m", timeout=60, priority=priority):
+            order.append(label)
+
+    tasks = []
+    for i, (label, priority) in enumerate([("first", 0), ("urgent", 10)]):
+        tasks.append(asyncio.ensure_future(waiter(label, priority)))
+        for _ in range(600):
+            obj = await backend.store.get(MUTEX, "prio-m")
+            if len(obj.status.get("queue") or []) > i:
+                break
+            await asyncio.sleep(0.05)
+    await lock.release()
+    await asyncio.gather(*tasks)
+    assert order == ["urgent", "first"]
 
 
 async def test_timeout_raises_and_leaves_no_ticket(clients: Clients, backend: Backend) -> None:
@@ -170,6 +227,9 @@ async def test_missing_semaphore_without_permits_is_a_clear_error(clients: Clien
         ({"permits": 1, "ttl": 10**9}, "longer than"),
         ({"permits": 1, "timeout": -1}, "timeout must be >= 0"),
         ({"permits": "3"}, "permits must be an integer"),
+        ({"permits": 1, "priority": 101}, "priority must be from -100 to 100"),
+        ({"permits": 1, "priority": 1.5}, "priority must be an integer"),
+        ({"permits": 1, "priority": True}, "priority must be an integer"),
     ],
 )
 async def test_bad_input_is_rejected_before_any_api_call(
