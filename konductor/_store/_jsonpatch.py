@@ -205,17 +205,17 @@ def apply(doc: Mapping[str, Any], ops: Sequence[Op]) -> JSON:
 
 
 def tests_pass(doc: Mapping[str, Any], ops: Sequence[Op]) -> bool:
-    """Whether every ``test`` of ``ops`` holds when the patch is applied to ``doc``.
+    """Whether ``ops`` apply to ``doc``: every ``test`` holds and every path fits.
 
-    A patch whose tests hold but which the store still refused was refused for
+    A patch that applies but which the store still refused was refused for
     another reason (the patched object violates the schema).
     """
     try:
         apply(doc, ops)
-    except PatchTestFailed:
+    except (PatchTestFailed, PatchError):
+        # A path that does not fit the object (an array gone, an index past
+        # the end) means the object is not what the patch was decided on.
         return False
-    except PatchError:
-        return True
     return True
 
 
@@ -225,20 +225,20 @@ def patched_status(
     """The status after ``ops``, for the stores that apply patches themselves.
 
     Raises:
-        Conflict: a ``test`` operation failed.
-        InvalidArgument: the patch is malformed, does not fit the object, or
-            changes the spec.
+        Conflict: a ``test`` operation failed, or a path does not fit the
+            object as it is now.
+        InvalidArgument: the patch is malformed or changes the spec.
     """
     check_status_patch(what, ops)
     doc = {"spec": spec, "status": status}
     try:
         out = apply(doc, ops)
-    except PatchTestFailed as exc:
+    except (PatchTestFailed, PatchError) as exc:
+        # A failed test, or a path that does not fit the object as it is now
+        # (the patch was decided on another state): the API server refuses both.
         raise Conflict(
             f"{what} changed since it was read ({exc}); read it again and retry"
         ) from None
-    except PatchError as exc:
-        raise InvalidArgument(f"cannot patch {what}: {exc}") from None
     if out.keys() != {"spec", "status"} or not equal(out["spec"], spec):
         raise InvalidArgument(f"cannot patch {what}: a status patch may change only the status")
     new = out["status"]

@@ -369,6 +369,9 @@ async def test_a_failed_test_is_a_conflict_and_applies_nothing(backend: Backend)
         [{"op": "test", "path": "/status/note", "value": ["x"]}],
         [{"op": "test", "path": "/status/missing", "value": 1}],
         [{"op": "test", "path": "/spec/permits", "value": 3}],
+        # A path that does not fit the object as it is: decided on another state.
+        [{"op": "remove", "path": "/status/note/7"}],
+        [{"op": "add", "path": "/status/gone/-", "value": 1}],
     ):
         with pytest.raises(Conflict):
             await store.patch_status(
