@@ -154,7 +154,73 @@ _KNOWN = (
 )
 
 
+_KNOWN_SET = frozenset(_KNOWN)
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _fast_slot(raw: Any, holder: bool) -> Slot | None:
+    """The entry if it is well formed, checked without building messages; else ``None``.
+
+    Every waiter parses the object after every change, so the common case of
+    a good entry must be cheap; :func:`_slot` then parses a bad one again to
+    say exactly what is wrong. The checks are the same as :func:`_slot`'s.
+    """
+    if type(raw) is not dict:
+        return None
+    try:
+        entry_id = raw["id"]
+        who = raw["holder"]
+        count = raw["count"]
+        mode = raw["mode"]
+        ttl = raw["ttlSeconds"]
+        renewals = raw["renewals"]
+        renewed_at = raw["renewedAt"]
+    except KeyError:
+        return None
+    token = raw.get("token") if holder else None
+    priority = raw.get("priority", 0)
+    queued_at = raw.get("queuedAt", 0)
+    if not (
+        type(entry_id) is str
+        and 1 <= len(entry_id) <= limits.MAX_ID
+        and type(who) is str
+        and len(who) <= limits.MAX_IDENTITY
+        and _int_in(count, 1, limits.MAX_PERMITS)
+        and mode in MODES
+        and type(mode) is str
+        and type(ttl) in (int, float)
+        and 0 < ttl <= limits.MAX_TTL
+        and _int_in(renewals, 0, limits.MAX_TOKEN)
+        and type(renewed_at) is str
+        and len(renewed_at) <= limits.MAX_TIME
+        and (not holder or _int_in(token, 1, limits.MAX_TOKEN))
+        and _int_in(priority, limits.MIN_PRIORITY, limits.MAX_PRIORITY)
+        and (holder or _int_in(queued_at, 0, limits.MAX_TOKEN))
+    ):
+        return None
+    extra = {} if _KNOWN_SET.issuperset(raw) else {k: v for k, v in raw.items() if k not in _KNOWN}
+    return Slot(
+        id=entry_id,
+        holder=who,
+        count=count,
+        mode=mode,
+        ttl=float(ttl),
+        renewals=renewals,
+        renewed_at=renewed_at,
+        token=token,
+        extra=extra,
+        priority=priority,
+        queued_at=0 if holder else queued_at,
+    )
+
+
 def _slot(where: Where, path: str, raw: Any, *, holder: bool) -> Slot:
+    fast = _fast_slot(raw, holder)
+    if fast is not None:
+        return fast
     entry = p.mapping(where, path, raw)
 
     def need(key: str) -> Any:
@@ -198,8 +264,37 @@ def _slot(where: Where, path: str, raw: Any, *, holder: bool) -> Slot:
     )
 
 
+class _Memo:
+    """The last few results of a function of one status mapping, by identity.
+
+    Every waiter and holder of an object in a process decides on the same
+    cached status after each change, and parsing it is most of the CPU a
+    change costs them (64 entries: about a millisecond). Statuses are never
+    changed in place once read (transitions build new ones), so a result is
+    valid for as long as the mapping it was computed from lives; the memo
+    keeps that mapping referenced, so its identity cannot be reused.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self._size = size
+        self._items: dict[tuple[int, str], tuple[Mapping[str, Any], Any]] = {}
+
+    def get(self, status: Mapping[str, Any], key: str = "") -> Any | None:
+        hit = self._items.get((id(status), key))
+        return hit[1] if hit is not None and hit[0] is status else None
+
+    def put(self, status: Mapping[str, Any], value: Any, key: str = "") -> None:
+        if len(self._items) >= self._size:
+            self._items.pop(next(iter(self._items)))
+        self._items[(id(status), key)] = (status, value)
+
+
+_PARSED = _Memo()
+_TRACKED = _Memo()
+
+
 def parse(status: Mapping[str, Any], where: Where | None = None) -> State:
-    """The typed state of a raw status.
+    """The typed state of a raw status (memoized per status mapping).
 
     The next token is ``max(nextToken, highest held token + 1)``, so a
     ``nextToken`` written lower than a live grant never hands out a token
@@ -209,7 +304,15 @@ def parse(status: Mapping[str, Any], where: Where | None = None) -> State:
         CorruptState: a field or entry does not parse (wrong type, missing,
             out of range, duplicate id); nothing may be granted on it.
     """
-    where = where or _ANYWHERE
+    cached = _PARSED.get(status)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    state = _parse(status, where or _ANYWHERE)
+    _PARSED.put(status, state)
+    return state
+
+
+def _parse(status: Mapping[str, Any], where: Where) -> State:
     lists: dict[str, tuple[Slot, ...]] = {}
     seen: set[str] = set()
     for key, bound in (("holders", limits.MAX_HOLDERS), ("queue", limits.MAX_QUEUE)):
@@ -238,9 +341,28 @@ def tracked_entries(obj: StoredObject) -> list[JSON]:
 
     Lenient where :func:`parse` is strict: an entry that does not parse is
     left out (the transitions refuse the whole object anyway), so observing a
-    corrupt object never raises.
+    corrupt object never raises. Memoized per status mapping: do not change
+    the list returned.
     """
+    cached = _TRACKED.get(obj.status)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
     out: list[JSON] = []
+    _TRACKED.put(obj.status, out)
+    try:
+        parse(obj.status)
+    except CorruptState:
+        pass
+    else:
+        # The whole status parses (the common case, and the parse is shared
+        # with the decisions made on it): its raw entries are the parsed ones.
+        seen: set[str] = set()
+        for key in ("holders", "queue"):
+            for item in obj.status.get(key) or ():
+                if item["id"] not in seen:
+                    seen.add(item["id"])
+                    out.append(item)
+        return out
     for key in ("holders", "queue"):
         raw = obj.status.get(key)
         if not isinstance(raw, list):
@@ -410,7 +532,8 @@ def _finish(
     token: int,
     policy: Policy,
 ) -> JSON:
-    new = copy.deepcopy(dict(status))
+    # The lists are rebuilt below: copy only the rest (unknown fields kept).
+    new = {k: copy.deepcopy(v) for k, v in status.items() if k not in ("holders", "queue")}
     new["holders"] = [h.to_json() for h in holders]
     new["queue"] = [q.to_json() for q in queue]
     new.update(policy.summarize(holders, queue))
@@ -458,7 +581,9 @@ def patch_ops(
     if not isinstance(new_holders, list) or not isinstance(new_queue, list):
         return None
     ops: list[JSON] = []
-    if not jp.equal(old_holders, new_holders):
+    # Change detection may use Python's ==: on parsed entries it is JSON
+    # equality (numbers by value; a bool where a number belongs never parses).
+    if old_holders != new_holders:
         if "permits" in spec:
             ops.append({"op": "test", "path": "/spec/permits", "value": spec["permits"]})
         ops.append({"op": "test", "path": "/status/holders", "value": old_holders})
@@ -482,7 +607,7 @@ def patch_ops(
         if entry_id in new_by_id and first_at[entry_id] == i:
             seen.add(entry_id)
             kept.append(entry_id)
-            if not jp.equal(old_queue[i], new_by_id[entry_id]):
+            if old_queue[i] != new_by_id[entry_id]:
                 edits += [
                     {"op": "test", "path": path, "value": old_queue[i]},
                     {"op": "replace", "path": path, "value": new_by_id[entry_id]},
@@ -500,7 +625,7 @@ def patch_ops(
         return None  # not "old minus some plus appended": only a CAS can say it
     ops += edits
     ops += [{"op": "add", "path": "/status/queue/-", "value": e} for e in appended]
-    if not jp.equal(status.get("nextToken"), new.get("nextToken")):
+    if status.get("nextToken") != new.get("nextToken"):
         ops += [
             {"op": "test", "path": "/status/nextToken", "value": status["nextToken"]},
             {"op": "replace", "path": "/status/nextToken", "value": new["nextToken"]},
@@ -508,7 +633,7 @@ def patch_ops(
     for key, value in new.items():
         if key in ("holders", "queue", "nextToken"):
             continue
-        if key not in status or not jp.equal(status[key], value):
+        if key not in status or status[key] != value:
             ops.append({"op": "add", "path": jp.pointer("status", key), "value": value})
     if any(key not in new for key in status):
         return None  # a field removed: not something a transition does
