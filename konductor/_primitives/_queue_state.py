@@ -553,22 +553,29 @@ def patch_ops(
     The tests are exactly what the decision depended on, so writers no longer
     conflict over changes that did not matter to them:
 
-    * the whole ``holders`` array, whenever holders change (a grant counts
-      permits over them; a stale holder is removed only if it is still
-      unchanged), and ``spec.permits``;
-    * each ticket removed from the queue (promoted, withdrawn or purged as
-      stale), by its full value at its index: tickets only ever leave from
-      wherever they are and join at the end, so a ticket appended meanwhile
-      changes no index tested here and cannot get ahead of a promotion;
+    * a grant tests ``nextToken`` (every grant takes a token, so it is
+      unchanged exactly when nobody was granted meanwhile: the permits the
+      decision counted are still all that is held, or fewer) and
+      ``spec.permits``, and appends the new holder; a release elsewhere, a
+      renewal or a ticket queueing meanwhile does not make it fail;
+    * each entry removed (released, promoted, withdrawn or purged as stale)
+      or changed (renewed) is tested by its full value at its index: an
+      entry judged stale is removed only if it is still unchanged;
     * the whole ``queue`` when a request is granted without having queued
-      (``fresh_grant``): nobody may have queued ahead of it meanwhile (FIFO);
-    * ``nextToken`` whenever a token is handed out.
+      (``fresh_grant``): nobody may have queued ahead of it meanwhile (FIFO).
+      Tickets only ever leave from wherever they are and join at the end, so a
+      ticket appended meanwhile changes no index tested here and cannot get
+      ahead of a promotion.
 
     A ticket joining the queue is appended with no test at all: the API server
     applies it to the current object whatever else changed, so a thousand
     waiters queueing at once never conflict. Summary fields (printer columns)
-    are written as this writer computed them; a ticket appended concurrently
-    can leave ``waiting`` one behind until the next write or :func:`settle`.
+    are written as this writer computed them; concurrent writers can leave
+    them behind until the next write or :func:`settle`.
+
+    What this relies on of every writer: a new holder always comes with a new
+    ``nextToken``. konductor's writers of every version do this; a person
+    adding a holder by hand must raise ``nextToken`` too.
     """
     old_holders = status.get("holders")
     old_queue = status.get("queue")
@@ -580,51 +587,20 @@ def patch_ops(
     new_queue = new.get("queue")
     if not isinstance(new_holders, list) or not isinstance(new_queue, list):
         return None
+    holder_edits = _list_edits("holders", old_holders, new_holders)
+    queue_edits = _list_edits("queue", old_queue, new_queue)
+    if holder_edits is None or queue_edits is None:
+        return None  # not "old minus some, changed in place, plus appended": only a CAS
     ops: list[JSON] = []
-    # Change detection may use Python's ==: on parsed entries it is JSON
-    # equality (numbers by value; a bool where a number belongs never parses).
-    if old_holders != new_holders:
-        if "permits" in spec:
-            ops.append({"op": "test", "path": "/spec/permits", "value": spec["permits"]})
-        ops.append({"op": "test", "path": "/status/holders", "value": old_holders})
-        ops.append({"op": "replace", "path": "/status/holders", "value": new_holders})
+    granted = any(op["op"] == "add" for op in holder_edits)
+    if granted and "permits" in spec:
+        ops.append({"op": "test", "path": "/spec/permits", "value": spec["permits"]})
     if fresh_grant:
         ops.append({"op": "test", "path": "/status/queue", "value": old_queue})
-    # The new queue is the old one, in order, minus some tickets (each id kept
-    # at its first occurrence), changed in place (renewed) or not, plus tickets
-    # appended at the end.
-    old_ids = [e.get("id") if isinstance(e, dict) else None for e in old_queue]
-    first_at: dict[Any, int] = {}
-    for i, entry_id in enumerate(old_ids):
-        first_at.setdefault(entry_id, i)
-    new_by_id = {e.get("id"): e for e in new_queue if isinstance(e, dict)}
-    kept: list[Any] = []
-    edits: list[JSON] = []
-    seen: set[Any] = set()
-    for i in reversed(range(len(old_queue))):
-        entry_id = old_ids[i]
-        path = jp.pointer("status", "queue", i)
-        if entry_id in new_by_id and first_at[entry_id] == i:
-            seen.add(entry_id)
-            kept.append(entry_id)
-            if old_queue[i] != new_by_id[entry_id]:
-                edits += [
-                    {"op": "test", "path": path, "value": old_queue[i]},
-                    {"op": "replace", "path": path, "value": new_by_id[entry_id]},
-                ]
-        else:
-            edits += [
-                {"op": "test", "path": path, "value": old_queue[i]},
-                {"op": "remove", "path": path},
-            ]
-    kept.reverse()
-    appended = [e for e in new_queue if isinstance(e, dict) and e.get("id") not in seen]
-    if [e.get("id") for e in new_queue if e.get("id") in seen] != kept or any(
-        e.get("id") in seen for e in new_queue[len(kept) :]
-    ):
-        return None  # not "old minus some plus appended": only a CAS can say it
-    ops += edits
-    ops += [{"op": "add", "path": "/status/queue/-", "value": e} for e in appended]
+    ops += holder_edits
+    ops += queue_edits
+    if granted and status.get("nextToken") == new.get("nextToken"):
+        return None  # every grant takes a token; the guard below relies on it
     if status.get("nextToken") != new.get("nextToken"):
         ops += [
             {"op": "test", "path": "/status/nextToken", "value": status["nextToken"]},
@@ -641,6 +617,47 @@ def patch_ops(
     if not all(jp.stable(op["value"]) for op in ops if op["op"] == "test"):
         return None  # a value the API server might not compare equal byte for byte
     return ops
+
+
+def _list_edits(key: str, old: list[Any], new: list[Any]) -> list[JSON] | None:
+    """Operations taking the stored list ``old`` to ``new``; ``None`` if they cannot.
+
+    ``new`` must be ``old`` in order, minus some entries (each id kept at its
+    first occurrence: later copies are dropped), some changed in place, plus
+    entries appended at the end. Each removal and change tests the entry's
+    full value at its index (so it fails if the entry changed, or anything
+    before it left, meanwhile); appends test nothing. Indices go from the end
+    so that each is still right when its operation applies.
+    """
+    old_ids = [e.get("id") if isinstance(e, dict) else None for e in old]
+    first_at: dict[Any, int] = {}
+    for i, entry_id in enumerate(old_ids):
+        first_at.setdefault(entry_id, i)
+    new_by_id = {e.get("id"): e for e in new if isinstance(e, dict)}
+    kept: list[Any] = []
+    edits: list[JSON] = []
+    for i in reversed(range(len(old))):
+        entry_id = old_ids[i]
+        if entry_id in new_by_id and first_at[entry_id] == i:
+            kept.append(entry_id)
+            if old[i] != new_by_id[entry_id]:
+                path = jp.pointer("status", key, i)
+                edits += [
+                    {"op": "test", "path": path, "value": old[i]},
+                    {"op": "replace", "path": path, "value": new_by_id[entry_id]},
+                ]
+        else:
+            path = jp.pointer("status", key, i)
+            edits += [{"op": "test", "path": path, "value": old[i]}, {"op": "remove", "path": path}]
+    kept.reverse()
+    kept_set = set(kept)
+    if [e.get("id") for e in new[: len(kept)]] != kept:
+        return None
+    appended = new[len(kept) :]
+    if any(not isinstance(e, dict) or e.get("id") in kept_set for e in appended):
+        return None
+    path = jp.pointer("status", key, "-")
+    return edits + [{"op": "add", "path": path, "value": e} for e in appended]
 
 
 def settle(status: Mapping[str, Any], policy: Policy) -> Outcome:

@@ -10,9 +10,9 @@ its own read-modify-write, so contending writers stop conflicting with each
 other over changes that do not matter to them.
 
 The local and memory stores apply patches with :func:`apply`; the Kubernetes
-store sends them (``application/json-patch+json``) and uses :func:`tests_pass`
-to tell a failed test (a conflict) from a patched object the schema rejects,
-since the API server answers both with 422.
+store sends them (``application/json-patch+json``). The API server answers 422
+both for a patch that does not apply (a failed test: a conflict) and for a
+patched object its schema rejects; only the latter names fields in its causes.
 
 Operations: ``test``, ``add``, ``remove``, ``replace`` on paths into the
 object document ``{"spec": ..., "status": ...}``. ``test`` compares JSON values
@@ -202,21 +202,6 @@ def apply(doc: Mapping[str, Any], ops: Sequence[Op]) -> JSON:
     for op in ops:
         _apply_one(out, op)
     return out
-
-
-def tests_pass(doc: Mapping[str, Any], ops: Sequence[Op]) -> bool:
-    """Whether ``ops`` apply to ``doc``: every ``test`` holds and every path fits.
-
-    A patch that applies but which the store still refused was refused for
-    another reason (the patched object violates the schema).
-    """
-    try:
-        apply(doc, ops)
-    except (PatchTestFailed, PatchError):
-        # A path that does not fit the object (an array gone, an index past
-        # the end) means the object is not what the patch was decided on.
-        return False
-    return True
 
 
 def patched_status(

@@ -27,7 +27,7 @@ from konductor._store._base import (
     copy_json,
     version_newer,
 )
-from konductor._store._jsonpatch import check_status_patch, tests_pass
+from konductor._store._jsonpatch import check_status_patch
 from konductor._store._kinds import Kind
 from konductor._store._watch import Bookmark, RawEvent
 
@@ -265,7 +265,6 @@ class KubernetesStore(Store):
             raise InvalidArgument(f"{kind} has no status subresource; write its spec instead")
         check_status_patch(f"{kind} {name!r}", ops)
         api = await self._connect()
-        end = None if timeout is None else time.monotonic() + timeout
         target = self._target("patch", kind, name)
         try:
             raw = await api.request(
@@ -277,20 +276,18 @@ class KubernetesStore(Store):
                 on_attempt=on_sent,
                 content_type="application/json-patch+json",
             )
-        except Invalid:
-            # The API server answers 422 both for a failed test operation (a
-            # conflict: the object changed in a way the write relied on) and
-            # for a patched object its schema rejects. Tell them apart on the
-            # object as it is now, not on the message text.
-            left = None if end is None else max(0.001, end - time.monotonic())
-            current = await self.get(kind, name, timeout=left)
-            if tests_pass({"spec": current.spec, "status": current.status}, ops):
-                raise
+        except Invalid as exc:
+            if exc.fields:
+                raise  # the patched object violates the schema (the causes name fields)
+            # The API server answers 422 with no field cause when the patch does
+            # not apply to the object as it is: a test failed, or a path no
+            # longer fits. Either way the object is not what the write was
+            # decided on: a conflict.
             raise Conflict(
                 f"cannot patch {kind} {name!r}: it changed since it was read in a way "
                 "the write depended on; read it again and retry",
-                status=422,
-                reason="Invalid",
+                status=exc.status,
+                reason=exc.reason,
             ) from None
         return self._seen(kind, raw)
 
