@@ -466,3 +466,37 @@ async def test_patching_a_missing_object_is_not_found(backend: Backend) -> None:
         await backend.store.patch_status(
             SEMAPHORE, "p-none", [{"op": "add", "path": "/status/note/-", "value": "a"}]
         )
+
+
+async def test_the_waiter_past_the_queue_bound_is_refused_by_the_schema(
+    backend: Backend,
+) -> None:
+    """An append needs no test, but the schema's bound (1,000 tickets) still holds."""
+    from konductor._limits import MAX_QUEUE
+
+    def ticket(i: int) -> dict[str, object]:
+        return {
+            "id": f"{i:032x}",
+            "holder": "h",
+            "count": 1,
+            "mode": "exclusive",
+            "ttlSeconds": 15,
+            "renewals": 0,
+            "renewedAt": "2026-12-01T00:00:00.000000Z",
+            "queuedAt": 1,
+        }
+
+    store = backend.store
+    await _with_status(
+        store,
+        "p-full",
+        {"holders": [], "queue": [ticket(i) for i in range(MAX_QUEUE)], "nextToken": 1},
+    )
+    with pytest.raises(Invalid) as info:
+        await store.patch_status(
+            SEMAPHORE,
+            "p-full",
+            [{"op": "add", "path": "/status/queue/-", "value": ticket(MAX_QUEUE)}],
+        )
+    assert not isinstance(info.value, Conflict)
+    assert "status.queue" in str(info.value)
