@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -53,6 +54,9 @@ WRITE_BUDGET = 30.0
 WRITE_FLOOR = 2.0
 #: Seconds a write waits for the watch to deliver the version it conflicted with.
 CONFLICT_WAIT = 0.5
+#: Upper bound (seconds) of the random pause before a write retries after its
+#: second and later conflicts in a row.
+CONFLICT_SPREAD = 0.2
 #: Seconds of complete silence after which a watch that failed to explain two
 #: conflicts in a row is taken for dead. A watch that lags under load still
 #: delivers events; reopening it would only add load.
@@ -283,6 +287,7 @@ class Hub:
             )
         obj = await self.current()
         reread = False
+        conflicts = 0
         write = self.store.replace_status if self.kind.has_status else self.store.replace_spec
         while True:
             if obj is None:
@@ -359,7 +364,20 @@ class Hub:
                         on_sent=sent,
                     )
             except Conflict:
+                conflicts += 1
                 obj = await self._after_conflict(obj, budget)
+                if conflicts >= 2:
+                    # Lost twice in a row: other processes are deciding on the same
+                    # state at the same moment. Spread the retries out (jittered,
+                    # growing) rather than all re-deciding on the next event together.
+                    # Real time, not the hub's clock: this paces real processes
+                    # (and a test's fake clock must not have to advance for it).
+                    pause = random.uniform(0, min(CONFLICT_SPREAD, 0.005 * 2**conflicts))
+                    await asyncio.sleep(min(pause, max(0.0, remaining() - WRITE_FLOOR / 4)))
+                    if self.obj is not None and (
+                        obj is None or version_newer(self.obj.version, obj.version)
+                    ):
+                        obj = self.obj
                 continue
             except Forbidden:
                 if ops is None:
