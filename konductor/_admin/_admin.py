@@ -127,14 +127,18 @@ class Admin:
             raise self._missing(found, name)
         return await self._read(obj, hub.tracker, {})
 
-    async def status(self, kinds: Iterable[str] | None = None) -> NamespaceStatus:
+    async def status(
+        self, kinds: Iterable[str] | None = None, *, strict: bool = False
+    ) -> NamespaceStatus:
         """Every konductor object and Lease of the namespace (or of ``kinds`` only).
 
         A kind the store refuses to list (``Forbidden``, a CRD not installed)
-        is left out and named in ``errors``: the rest is still shown.
+        is left out and named in ``errors``: the rest is still shown; with
+        ``strict`` the refusal is raised instead.
 
         Raises:
             InvalidArgument: a name in ``kinds`` is not a primitive.
+            Forbidden, CRDNotInstalled: ``strict`` and a kind could not be listed.
         """
         chosen = STATUS_KINDS if kinds is None else tuple(kind_of(k) for k in kinds)
         objects: dict[tuple[Kind, str], StoredObject] = {}
@@ -143,6 +147,8 @@ class Admin:
             try:
                 listed = await self._rt.store.list(kind)
             except (Forbidden, CRDNotInstalled) as exc:
+                if strict:
+                    raise
                 errors[kind.plural] = str(exc)
                 continue
             for obj in listed.items:
@@ -328,12 +334,12 @@ class Admin:
         ReleaseOnCancel does. A removed holder learns at its next renewal
         (within ttl/3) and treats its grant as lost. Meant for a holder that
         is stuck; a dead one expires after its TTL by itself. Returns the
-        removed entries (empty when ``everyone`` found nobody).
+        removed entries: empty when none matched (nothing is written).
 
         Raises:
             InvalidArgument: not exactly one of ``holder``, ``id``, ``everyone``;
                 or a kind that has no holders.
-            NotFound: no such object, or no entry matches.
+            NotFound: no such object (for a Lease: also when ``holder`` does not hold it).
             CorruptState: the object's state does not parse (see :meth:`repair`).
         """
         found = kind_of(kind)
@@ -368,9 +374,6 @@ class Admin:
             chosen, _ = await update_fresh(hub, decide)
         except NotFound:
             raise self._missing(found, name) from None
-        if not chosen and not everyone:
-            which = f"holder={holder!r}" if holder is not None else f"id={id!r}"
-            raise NotFound(f"no holder or waiter of {found} {name!r} matches {which}")
         return chosen
 
     async def _release_lease(self, name: str, holder: str | None) -> tuple[EntryStatus, ...]:

@@ -37,9 +37,11 @@ class SyncAdmin:
         """See :meth:`Admin.describe`."""
         return self._run(lambda a: a.describe(kind, name))
 
-    def status(self, kinds: Iterable[str] | None = None) -> NamespaceStatus:
+    def status(
+        self, kinds: Iterable[str] | None = None, *, strict: bool = False
+    ) -> NamespaceStatus:
         """See :meth:`Admin.status`."""
-        return self._run(lambda a: a.status(kinds))
+        return self._run(lambda a: a.status(kinds, strict=strict))
 
     def force_release(
         self,

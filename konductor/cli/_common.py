@@ -31,12 +31,12 @@ from typing import IO, Any, TypeVar
 
 import yaml
 
+from konductor._admin import ObjectStatus
 from konductor._client import Client
-from konductor._errors import ConfigurationError, KonductorError, NotFound
+from konductor._errors import ConfigurationError, KonductorError
 from konductor._names import validate_name
 from konductor._primitives._grant import Grant
-from konductor._store._base import Store, StoredObject
-from konductor._store._kinds import Kind
+from konductor._store._base import Store
 
 T = TypeVar("T")
 JSON = dict[str, Any]
@@ -485,17 +485,28 @@ class Session:
 
     async def watching(
         self,
-        kind: Kind,
+        kind: str,
         name: str,
-        render: Callable[[StoredObject | None], str],
+        render: Callable[[ObjectStatus | None], str],
         aw: Awaitable[T],
         *,
         undo: Callable[[T], Awaitable[object]] | None = None,
     ) -> T:
-        """:meth:`guard` ``aw`` while a terminal shows ``render(object)`` on every change."""
+        """:meth:`guard` ``aw`` while a terminal shows ``render(status)`` on every change.
+
+        The changes come from the core (:meth:`konductor.Admin.watch`, the
+        object's shared watch); the progress line is best effort: if that
+        watch fails, the line stops changing and the wait goes on.
+        """
         if not self.progress.enabled:
             return await self.guard(aw, undo=undo)
-        follower = asyncio.ensure_future(follow(self.store(), kind, name, render, self.progress))
+
+        async def follow() -> None:
+            with contextlib.suppress(KonductorError):
+                async for current in self.client().admin.watch(kind, name):
+                    self.progress.show(render(current))
+
+        follower = asyncio.ensure_future(follow())
         try:
             return await self.guard(aw, undo=undo)
         finally:
@@ -503,33 +514,6 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
             self.progress.clear()
-
-
-async def follow(
-    store: Store,
-    kind: Kind,
-    name: str,
-    render: Callable[[StoredObject | None], str],
-    progress: Progress,
-) -> None:
-    """Show ``render(obj)`` for the object now and after each change, until cancelled.
-
-    Best effort (it is only a progress line): a failure is retried after a pause.
-    """
-    while True:
-        try:
-            try:
-                obj: StoredObject | None = await store.get(kind, name)
-                assert obj is not None
-                since, seen = obj.version, [obj]
-            except NotFound:
-                obj, since, seen = None, (await store.list(kind)).version, []
-            progress.show(render(obj))
-            async with store.watch(kind, since=since, name=name, seen=seen) as events:
-                async for event in events:
-                    progress.show(render(None if event.type == "DELETED" else event.object))
-        except KonductorError:
-            await asyncio.sleep(2.0)
 
 
 async def confirm(s: Session, question: str) -> bool:
