@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Generic, TypeVar
 
-from konductor._backoff import Backoff
 from konductor._admin import SyncAdmin
+from konductor._backoff import Backoff
 from konductor._client import Client
 from konductor._errors import (
     ClientClosed,

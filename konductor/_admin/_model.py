@@ -47,11 +47,15 @@ class EntryStatus:
 
 @dataclass(frozen=True)
 class Transition:
-    """A transition the object records: what happened, when (writer's clock), by whom."""
+    """A transition the object records: what happened, when (the writer's clock), by whom.
+
+    ``ago`` is seconds since ``at`` by this machine's wall clock (informational).
+    """
 
     what: str
     at: str | None
     by: str | None = None
+    ago: float | None = None
 
 
 @dataclass(frozen=True)

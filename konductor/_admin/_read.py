@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from konductor._errors import CorruptState
@@ -138,7 +139,11 @@ def read(obj: StoredObject, observer: Observer) -> ObjectStatus:
         fields = _waitgroup(obj, where)
     else:
         fields = {"summary": "-"}
+    if fields.get("problem") is not None:
+        fields["summary"] = "corrupt: " + fields["summary"]
+    transitions = tuple(replace(t, ago=observer.ago(t.at)) for t in fields.pop("transitions", ()))
     return ObjectStatus(
+        transitions=transitions,
         primitive=PRIMITIVE_OF.get(obj.kind, obj.kind.kind.lower()),
         kind=obj.kind.kind,
         name=obj.name,
@@ -148,6 +153,16 @@ def read(obj: StoredObject, observer: Observer) -> ObjectStatus:
         status=obj.status,
         **fields,
     )
+
+
+def _recorded(status: Mapping[str, Any], by: str, **times: str) -> list[Transition]:
+    """The transitions a status records as ``what=timestampField``, each by ``status[by]``."""
+    who = _text(status.get(by))
+    return [
+        Transition(what, _text(status.get(key)), who)
+        for what, key in times.items()
+        if _text(status.get(key))
+    ]
 
 
 def _problem(check: Callable[[], object]) -> str | None:
@@ -229,8 +244,6 @@ def _queued(obj: StoredObject, where: Where, observer: Observer) -> dict[str, An
         summary = "write-locked" if writer else f"{readers} readers" if readers else "free"
     if queued:
         summary += f", {len(queued)} waiting"
-    if problem is not None:
-        summary = "corrupt: " + summary
     return {
         "summary": summary,
         "holders": holders,
@@ -304,14 +317,7 @@ def _once(obj: StoredObject, where: Where, observer: Observer) -> dict[str, Any]
                 expires_in=observer.expires_in(run, ttl),
             ),
         )
-    runner = _text(status.get("runner"))
-    transitions = [
-        Transition(what, _text(status.get(key)), runner)
-        for what, key in (("started", "startedAt"), ("done", "doneAt"), ("failed", "failedAt"))
-        if _text(status.get(key))
-    ]
-    if problem is not None:
-        summary = "corrupt: " + summary
+    transitions = _recorded(status, "runner", started="startedAt", done="doneAt", failed="failedAt")
     return {
         "summary": summary,
         "holders": holders,
@@ -335,8 +341,6 @@ def _barrier(obj: StoredObject, where: Where) -> dict[str, Any]:
     ]
     if barrier_state.is_open(obj.status):
         transitions.append(Transition("opened", _text(obj.status.get("openedAt"))))
-    if problem is not None:
-        summary = "corrupt: " + summary
     return {
         "summary": summary,
         "capacity": expected,
@@ -351,14 +355,7 @@ def _gate(obj: StoredObject, where: Where) -> dict[str, Any]:
     summary = "open" if obj.status.get("open") is True else "closed"
     if conds:
         summary += " (conditions: " + ", ".join(f"{c.type}/{c.name}" for c in conds) + ")"
-    by = _text(obj.status.get("changedBy"))
-    transitions = [
-        Transition(what, _text(obj.status.get(key)), by)
-        for what, key in (("opened", "openedAt"), ("closed", "closedAt"))
-        if _text(obj.status.get(key))
-    ]
-    if problem is not None:
-        summary = "corrupt: " + summary
+    transitions = _recorded(obj.status, "changedBy", opened="openedAt", closed="closedAt")
     return {"summary": summary, "transitions": tuple(transitions), "problem": problem}
 
 
@@ -366,6 +363,4 @@ def _waitgroup(obj: StoredObject, where: Where) -> dict[str, Any]:
     problem = _problem(lambda: waitgroup_state.validate(obj.status, where))
     count = waitgroup_state.count_of(obj.status) or 0
     summary = f"count {count}"
-    if problem is not None:
-        summary = "corrupt: " + summary
     return {"summary": summary, "capacity": None, "problem": problem}

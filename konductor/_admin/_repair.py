@@ -18,7 +18,7 @@ whose message names the field and how to fix it by hand.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,14 +71,18 @@ def plan(obj: StoredObject, where: Where, next_token: int | None = None) -> Plan
     return Plan(None)
 
 
+def _parses(check: Callable[[], object]) -> bool:
+    try:
+        check()
+    except CorruptState:
+        return False
+    return True
+
+
 def _queued(obj: StoredObject, where: Where, next_token: int | None) -> Plan:
     policy = QUEUE_KINDS[obj.kind]
     policy.capacity(obj.spec, where)  # a broken spec: kubectl edit, not a repair
-    try:
-        queue_state.parse(obj.status, where)
-    except CorruptState:
-        pass
-    else:
+    if _parses(lambda: queue_state.parse(obj.status, where)):
         return Plan(None)
     status = obj.status
     fixed: list[str] = []
@@ -126,11 +130,8 @@ def _queued(obj: StoredObject, where: Where, next_token: int | None) -> Plan:
 
 def _once(obj: StoredObject, where: Where) -> Plan:
     status = obj.status
-    try:
-        once_state.validate(status, where)
+    if _parses(lambda: once_state.validate(status, where)):
         return Plan(None)
-    except CorruptState:
-        pass
     rest = {k: v for k, v in status.items() if k != "run"}
     once_state.validate(rest, where)  # state or attempt unreadable: it may have run
     new = copy.deepcopy(rest)
@@ -145,11 +146,8 @@ def _once(obj: StoredObject, where: Where) -> Plan:
 
 def _barrier(obj: StoredObject, where: Where) -> Plan:
     status = obj.status
-    try:
-        barrier_state.validate(status, where)
+    if _parses(lambda: barrier_state.validate(status, where)):
         return Plan(None)
-    except CorruptState:
-        pass
     fixed: list[str] = []
     dropped: list[Mapping[str, Any]] = []
     raw = status.get("arrived")

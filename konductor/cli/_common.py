@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import os
 import re
@@ -98,17 +97,6 @@ def positive(text: str) -> int:
 # -- time and tables ------------------------------------------------------------------
 
 
-def parse_time(value: object) -> dt.datetime | None:
-    """A MicroTime / RFC 3339 string as an aware datetime (``None`` if it is not one)."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
 def span(seconds: float) -> str:
     """``75`` -> ``1m15s``; whole seconds, for tables."""
     whole = max(0, round(seconds))
@@ -117,15 +105,6 @@ def span(seconds: float) -> str:
     if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-
-
-def ago(value: object, now: dt.datetime | None = None) -> str:
-    """How long ago a timestamp written by another machine was (informational: clocks skew)."""
-    when = parse_time(value)
-    if when is None:
-        return "-"
-    delta = ((now or dt.datetime.now(dt.UTC)) - when).total_seconds()
-    return f"{span(delta)} ago" if delta >= 0 else f"in {span(-delta)}"
 
 
 def ttl_text(value: object) -> str:

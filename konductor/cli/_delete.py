@@ -12,61 +12,48 @@ parse and keeps the rest. Both are presentations of the core's admin API
 from __future__ import annotations
 
 from konductor._errors import KonductorError, NotFound
-from konductor._store._kinds import PRIMITIVE_KINDS
 from konductor.cli import _options as opt
 from konductor.cli._common import EXIT_ERROR, EXIT_OK, Session, UsageError, confirm, positive
 from konductor.cli._describe import entries_table, object_json
 
 
 def register(groups: opt.SubParsers, parent: object) -> None:
-    p = groups.add_parser(
+    p = opt.kind_command(
+        groups,
+        parent,
         "delete",
-        help="delete one object of any kind (asks first; --yes for scripts)",
-        description="Deletes the object of a semaphore, mutex, rwmutex, barrier, gate, once, "
-        "wait group or Lease, whatever its state: the reset of a barrier or a once, or of an "
-        "object whose state no longer parses. Its holders and waiters lose it (a holder "
-        "learns at its next renewal). Shows the object and asks for confirmation unless "
-        "--yes is given; without a terminal, --yes is required.",
-        parents=[parent],  # type: ignore[list-item]
-        formatter_class=opt.FORMATTER,
+        delete,
+        "delete one object of any kind (asks first; --yes for scripts)",
+        "Deletes the object of a semaphore, mutex, rwmutex, barrier, gate, once, wait group "
+        "or Lease, whatever its state: the reset of a barrier or a once, or of an object "
+        "whose state no longer parses. Its holders and waiters lose it (a holder learns at "
+        "its next renewal). Shows the object and asks for confirmation unless --yes is "
+        "given; without a terminal, --yes is required.",
+        read_only=False,
     )
-    _kind(p)
-    opt.name(p)
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(handler=delete, parser=p, run=False, read_only=False)
-
-    p = groups.add_parser(
+    p = opt.kind_command(
+        groups,
+        parent,
         "repair",
-        help="fix an object whose stored state does not parse, keeping what does",
-        description="konductor refuses to act on an object whose stored state does not "
-        "parse (a holder that cannot be read is never free capacity), so such an object "
-        "admits nobody. `repair` removes only the entries that do not parse (a duplicate "
-        "id, a malformed holder or ticket, a malformed barrier arrival or once claim) and "
-        "keeps every holder and waiter that does; a removed holder learns at its next "
-        "renewal that its grant is gone. What cannot be repaired without guessing (a "
-        "spec, a Once's state, a wait group's count) is refused with how to fix it by "
-        "hand. Nothing is written when the state parses.",
-        parents=[parent],  # type: ignore[list-item]
-        formatter_class=opt.FORMATTER,
+        repair,
+        "fix an object whose stored state does not parse, keeping what does",
+        "konductor refuses to act on an object whose stored state does not parse (a holder "
+        "that cannot be read is never free capacity), so such an object admits nobody. "
+        "`repair` removes only the entries that do not parse (a duplicate id, a malformed "
+        "holder or ticket, a malformed barrier arrival or once claim) and keeps every holder "
+        "and waiter that does; a removed holder learns at its next renewal that its grant "
+        "is gone. What cannot be repaired without guessing (a spec, a Once's state, a wait "
+        "group's count) is refused with how to fix it by hand. Nothing is written when the "
+        "state parses.",
+        read_only=False,
     )
-    _kind(p)
-    opt.name(p)
     p.add_argument(
         "--next-token",
         type=positive,
         metavar="N",
         help="only if the fencing-token counter itself does not parse: the next token to "
         "hand out (higher than any this object has handed out)",
-    )
-    p.set_defaults(handler=repair, parser=p, run=False, read_only=False)
-
-
-def _kind(p: object) -> None:
-    import argparse
-
-    assert isinstance(p, argparse.ArgumentParser)
-    p.add_argument(
-        "kind", metavar="KIND", choices=tuple(PRIMITIVE_KINDS), help=" | ".join(PRIMITIVE_KINDS)
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from konductor._admin import EntryStatus, ObjectStatus
-from konductor._store._kinds import PRIMITIVE_KINDS
 from konductor.cli import _options as opt
 from konductor.cli._common import EXIT_OK, JSON, Session, fields, span, table, ttl_text
 
@@ -22,23 +21,19 @@ WATCH_HEADERS = (*HEADERS[:4], "POS", *HEADERS[4:], "EXPIRES")
 
 
 def register(groups: opt.SubParsers, parent: object) -> None:
-    p = groups.add_parser(
+    opt.kind_command(
+        groups,
+        parent,
         "describe",
-        help="one object's full story: holders, queue, tokens, last transitions",
-        description="Shows one object of any kind: its state, its holders and its waiters "
-        "in queue order (with their position), fencing tokens, TTLs, when each entry was "
-        "last renewed (the writer's clock, informational) and when this observer could "
-        "first judge it expired, and the transitions the object records. An object whose "
-        "stored state does not parse is described too, with what is wrong (see `konductor "
-        "repair`).",
-        parents=[parent],  # type: ignore[list-item]
-        formatter_class=opt.FORMATTER,
+        describe_cmd,
+        "one object's full story: holders, queue, tokens, last transitions",
+        "Shows one object of any kind: its state, its holders and its waiters in queue "
+        "order (with their position), fencing tokens, TTLs, when each entry was last "
+        "renewed (the writer's clock, informational) and when this observer could first "
+        "judge it expired, and the transitions the object records. An object whose stored "
+        "state does not parse is described too, with what is wrong (see `konductor repair`).",
+        read_only=True,
     )
-    p.add_argument(
-        "kind", metavar="KIND", choices=tuple(PRIMITIVE_KINDS), help=" | ".join(PRIMITIVE_KINDS)
-    )
-    opt.name(p)
-    p.set_defaults(handler=describe_cmd, parser=p, run=False, read_only=True)
 
 
 def role(entry: EntryStatus) -> str:

@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import logging
 
-from konductor._admin import ObjectStatus
+from konductor._admin import ObjectStatus, Transition
 from konductor._primitives._lease import Lease
 from konductor.cli import _options as opt
 from konductor.cli._child import run_child
-from konductor.cli._common import EXIT_OK, JSON, Session, ago, fields, ttl_text
+from konductor.cli._common import EXIT_OK, JSON, Session, fields, ttl_text
 from konductor.cli._describe import ago_text
 
 log = logging.getLogger("konductor.cli")
@@ -76,18 +76,26 @@ def _acquire_options(p: argparse.ArgumentParser) -> None:
     opt.timeout(p, "how long to wait for the Lease (default: forever); exit 3 after it")
 
 
+def _transition(o: ObjectStatus, what: str) -> Transition | None:
+    return next((t for t in o.transitions if t.what == what), None)
+
+
+def _when(t: Transition | None) -> str:
+    return "-" if t is None else f"{t.at} ({ago_text(t.ago)})"
+
+
 def _data(o: ObjectStatus) -> JSON:
     holder = o.holders[0] if o.holders else None
-    acquired = next((t.at for t in o.transitions if t.what == "acquired"), None)
-    renewed = next((t.at for t in o.transitions if t.what == "renewed"), None)
+    acquired = _transition(o, "acquired")
+    renewed = _transition(o, "renewed")
     return {
         "name": o.name,
         "namespace": o.namespace,
         "held": holder is not None,
         "holder": holder.identity if holder else None,
         "leaseDurationSeconds": int(holder.ttl) if holder and holder.ttl is not None else None,
-        "acquireTime": acquired,
-        "renewTime": renewed,
+        "acquireTime": acquired.at if acquired else None,
+        "renewTime": renewed.at if renewed else None,
         "leaseTransitions": o.next_token,
         "expiresInSeconds": holder.expires_in if holder else None,
     }
@@ -169,8 +177,8 @@ async def status(s: Session) -> int:
                 ("Namespace", o.namespace),
                 ("Holder", data["holder"] or "(none)"),
                 ("Duration", f"{data['leaseDurationSeconds']}s"),
-                ("Acquired", f"{data['acquireTime']} ({ago(data['acquireTime'])})"),
-                ("Renewed", f"{data['renewTime']} ({ago(data['renewTime'])})"),
+                ("Acquired", _when(_transition(o, "acquired"))),
+                ("Renewed", _when(_transition(o, "renewed"))),
                 ("Transitions", data["leaseTransitions"]),
             ]
         ),

@@ -62,6 +62,31 @@ def leaf(
     return p
 
 
+def kind_command(
+    groups: SubParsers,
+    parent: object,
+    command: str,
+    handler: Handler,
+    help: str,
+    description: str,
+    *,
+    read_only: bool,
+) -> argparse.ArgumentParser:
+    """A top-level command on one object of any kind: ``konductor COMMAND KIND NAME``."""
+    from konductor._store._kinds import PRIMITIVE_KINDS
+
+    assert isinstance(parent, argparse.ArgumentParser)
+    p = groups.add_parser(
+        command, help=help, description=description, parents=[parent], formatter_class=FORMATTER
+    )
+    p.add_argument(
+        "kind", metavar="KIND", choices=tuple(PRIMITIVE_KINDS), help=" | ".join(PRIMITIVE_KINDS)
+    )
+    name(p)
+    p.set_defaults(handler=handler, parser=p, run=False, read_only=read_only)
+    return p
+
+
 def name(p: argparse.ArgumentParser, what: str = "the object's name (a DNS-1123 name)") -> None:
     p.add_argument("name", metavar="NAME", help=what)
 
