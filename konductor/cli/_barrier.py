@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from konductor import BarrierInfo, GateInfo
 from konductor._admin import ObjectStatus
-from konductor._primitives._barrier import BarrierInfo
-from konductor._primitives._gate import GateInfo
 from konductor.cli import _options as opt
 from konductor.cli._common import EXIT_OK, JSON, Session, UsageError, fields, positive
 

@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import logging
 
+from konductor import Lease
 from konductor._admin import ObjectStatus, Transition
-from konductor._primitives._lease import Lease
 from konductor.cli import _options as opt
 from konductor.cli._child import run_child
 from konductor.cli._common import EXIT_OK, JSON, Session, fields, ttl_text

@@ -17,9 +17,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from konductor import Lock
 from konductor._admin import ObjectStatus
 from konductor._errors import NotFound
-from konductor._primitives._mutex import Lock
 from konductor._store._kinds import MUTEX, RWMUTEX, Kind
 from konductor.cli import _options as opt
 from konductor.cli._child import run_child

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 
+from konductor import OnceStatus
 from konductor._admin import ObjectStatus
 from konductor._errors import InvalidArgument, InvalidName
-from konductor._primitives._once import OnceStatus
 from konductor.cli import _options as opt
 from konductor.cli._child import run_child
 from konductor.cli._common import EXIT_OK, JSON, Session, UsageError, fields

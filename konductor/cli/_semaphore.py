@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import logging
 
+from konductor import Permit
 from konductor._admin import ObjectStatus
 from konductor._errors import AlreadyExists, Conflict, KonductorError, NotFound
-from konductor._primitives._semaphore import Permit
 from konductor.cli import _options as opt
 from konductor.cli._child import run_child
 from konductor.cli._common import (
