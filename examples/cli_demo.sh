@@ -64,3 +64,22 @@ set -e
 
 echo "== 7. everything in the namespace"
 k status
+
+echo "== 8. watch who holds and who waits, then one object's full story"
+# (Started as plain commands, not through k(), so that $! is konductor's own pid.)
+$KONDUCTOR status --watch -o json > "$work/watch.jsonl" & # a JSON line after every change
+watcher=$!
+until [ -s "$work/watch.jsonl" ]; do sleep 0.1; done
+$KONDUCTOR semaphore acquire reports --count 2 > /dev/null 2>&1 & # holds both permits until stopped
+holder=$!
+until k describe semaphore reports -o json | grep -q '"role": "holder"'; do sleep 0.2; done
+k semaphore acquire reports --for 0 > /dev/null 2>&1 & # queues behind it
+waiter=$!
+until k describe semaphore reports -o json | grep -q '"role": "waiting"'; do sleep 0.2; done
+k describe semaphore reports # the holder, the waiter at queue position 1, tokens, expiries
+kill -TERM "$holder" # Ctrl-C / SIGTERM releases: the waiter gets the permits
+wait "$holder" "$waiter"
+until tail -n 1 "$work/watch.jsonl" | grep -q '"state": "0/2 in use"'; do sleep 0.2; done
+kill -TERM "$watcher"
+wait "$watcher"
+echo "the watch printed $(grep -c '"position": 1' "$work/watch.jsonl") line(s) with a waiter at queue position 1"

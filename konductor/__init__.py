@@ -9,6 +9,15 @@ batch work, long jobs), never for a per-request path.
 Kubernetes client until a Kubernetes store is first used.
 """
 
+from konductor._admin import (
+    Admin,
+    EntryStatus,
+    NamespaceStatus,
+    ObjectStatus,
+    RepairReport,
+    SyncAdmin,
+    Transition,
+)
 from konductor._client import Client
 from konductor._decorators import barrier, once, with_lease, with_mutex, with_semaphore
 from konductor._defaults import configure
@@ -55,6 +64,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = (
     "AcquireTimeout",
+    "Admin",
     "AlreadyExists",
     "BarrierInfo",
     "CRDNotInstalled",
@@ -64,6 +74,7 @@ __all__ = (
     "ConfigurationError",
     "Conflict",
     "CorruptState",
+    "EntryStatus",
     "Expired",
     "Forbidden",
     "GateCondition",
@@ -80,17 +91,22 @@ __all__ = (
     "LostError",
     "MemoryStore",
     "MutexLost",
+    "NamespaceStatus",
     "NotFound",
+    "ObjectStatus",
     "OnceFailed",
     "OnceLost",
     "OnceStatus",
     "Permit",
+    "RepairReport",
     "SemaphoreLost",
     "StoreError",
     "StoreUnavailable",
+    "SyncAdmin",
     "SyncClient",
     "SyncGrant",
     "SyncGuard",
+    "Transition",
     "WaitGroupInfo",
     "WaitTimeout",
     "__version__",

@@ -12,6 +12,7 @@ import secrets
 import socket
 from types import TracebackType
 
+from konductor._admin import Admin
 from konductor._config import resolve_store
 from konductor._names import validate_namespace
 from konductor._primitives._barrier import BarrierMethods
@@ -80,6 +81,12 @@ class Client(
     @property
     def namespace(self) -> str:
         return self.store.namespace
+
+    @property
+    def admin(self) -> Admin:
+        """Inspect and administer any object: status, describe, watch, force-release,
+        delete, repair (see :class:`konductor.Admin`)."""
+        return Admin(self)
 
     # -- any primitive ----------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Generic, TypeVar
 
+from konductor._admin import SyncAdmin
 from konductor._backoff import Backoff
 from konductor._client import Client
 from konductor._errors import (
@@ -294,6 +295,11 @@ class SyncClient:
     def namespace(self) -> str:
         self._ensure()
         return self._async().namespace
+
+    @property
+    def admin(self) -> SyncAdmin:
+        """The blocking twin of :attr:`Client.admin` (see :class:`konductor.SyncAdmin`)."""
+        return SyncAdmin(self._call, lambda: self._async().admin)
 
     # -- semaphore --------------------------------------------------------------------
 

@@ -14,6 +14,13 @@ def test_top_level_exports_are_pinned() -> None:
     assert sorted(konductor.__all__) == sorted(
         [
             "AcquireTimeout",
+            "Admin",
+            "EntryStatus",
+            "NamespaceStatus",
+            "ObjectStatus",
+            "RepairReport",
+            "SyncAdmin",
+            "Transition",
             "AlreadyExists",
             "BarrierInfo",
             "CRDNotInstalled",

@@ -11,8 +11,10 @@
     konductor mutex acquire|run|status|release
     konductor rwmutex acquire|run|status|release --mode read|write
     konductor waitgroup add|done|wait|status
-    konductor status
+    konductor status [--watch]
+    konductor describe KIND NAME
     konductor delete KIND NAME [--yes]
+    konductor repair KIND NAME
 
 Global options (before or after the command): ``-n/--namespace``,
 ``--kubeconfig``, ``--context``, ``--store kubernetes|memory|local[:PATH]``,
@@ -41,6 +43,7 @@ from konductor._errors import InvalidArgument, KonductorError, WaitTimeout
 from konductor.cli import (
     _barrier,
     _delete,
+    _describe,
     _install,
     _lease,
     _locks,
@@ -57,7 +60,7 @@ from konductor.cli._common import (
     Session,
     UsageError,
 )
-from konductor.cli._options import Handler
+from konductor.cli._options import Handler, option_message
 
 __all__ = (
     "EXIT_ERROR",
@@ -148,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     _install.register(groups, parent)
     _status.register(groups, parent)
+    _describe.register(groups, parent)
     _delete.register(groups, parent)
     _semaphore.register(groups, parent)
     _barrier.register(groups, parent)
@@ -261,7 +265,8 @@ async def _outcome(session: Session) -> int:
     except (UsageError, InvalidArgument) as exc:
         session.progress.clear()
         leaf.print_usage(sys.stderr)
-        print(f"{leaf.prog}: error: {exc}", file=sys.stderr)
+        message = option_message(exc) if isinstance(exc, InvalidArgument) else str(exc)
+        print(f"{leaf.prog}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as exc:
         session.say(f"konductor: {exc}")

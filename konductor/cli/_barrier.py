@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from konductor._primitives import _barrier_state as barrier_state
-from konductor._primitives import _gate_state as gate_state
-from konductor._primitives._barrier import BarrierInfo
-from konductor._primitives._gate import GateInfo
-from konductor._store._base import StoredObject
-from konductor._store._kinds import BARRIER, GATE
+from konductor import BarrierInfo, GateInfo
+from konductor._admin import ObjectStatus
 from konductor.cli import _options as opt
 from konductor.cli._common import EXIT_OK, JSON, Session, UsageError, fields, positive
 
@@ -103,18 +99,17 @@ def _barrier_line(info: BarrierInfo) -> str:
 
 
 def _render_barrier(name: str) -> opt.Render:
-    def render(obj: StoredObject | None) -> str:
-        if obj is None:
+    def render(o: ObjectStatus | None) -> str:
+        if o is None:
             return f"waiting for barrier {name!r}: nobody has arrived yet"
-        arrived = len(barrier_state.arrivals(obj.status))
-        return f"waiting for barrier {name!r}: {arrived}/{obj.spec.get('expected', '?')} arrived"
+        return f"waiting for barrier {name!r}: {o.summary}"
 
     return render
 
 
 async def _wait_barrier(s: Session, name: str, timeout: float | None) -> BarrierInfo:
     return await s.watching(
-        BARRIER, name, _render_barrier(name), s.client().wait_barrier(name, timeout=timeout)
+        "barrier", name, _render_barrier(name), s.client().wait_barrier(name, timeout=timeout)
     )
 
 
@@ -198,13 +193,8 @@ def _conditions(values: list[str] | None) -> list[JSON] | None:
 
 
 def _render_gate(name: str) -> opt.Render:
-    def render(obj: StoredObject | None) -> str:
-        conds = gate_state.conditions_of(obj.spec) if obj is not None else ()
-        text = f"waiting for gate {name!r}: closed"
-        if conds:
-            text += "; opens when all of " + ", ".join(f"{c.type}/{c.name}" for c in conds)
-            text += " are met, or by hand"
-        return text
+    def render(o: ObjectStatus | None) -> str:
+        return f"waiting for gate {name!r}: {o.summary if o is not None else 'closed'}"
 
     return render
 
@@ -227,7 +217,7 @@ async def gate_wait(s: Session) -> int:
     a = s.args
     conds = _conditions(a.condition)
     info = await s.watching(
-        GATE,
+        "gate",
         a.name,
         _render_gate(a.name),
         s.client().wait_gate(a.name, conditions=conds, timeout=a.timeout),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import os
 import re
@@ -31,12 +30,12 @@ from typing import IO, Any, TypeVar
 
 import yaml
 
+from konductor._admin import ObjectStatus
 from konductor._client import Client
-from konductor._errors import ConfigurationError, KonductorError, NotFound
+from konductor._errors import ConfigurationError, KonductorError
 from konductor._names import validate_name
 from konductor._primitives._grant import Grant
-from konductor._store._base import Store, StoredObject
-from konductor._store._kinds import Kind
+from konductor._store._base import Store
 
 T = TypeVar("T")
 JSON = dict[str, Any]
@@ -98,17 +97,6 @@ def positive(text: str) -> int:
 # -- time and tables ------------------------------------------------------------------
 
 
-def parse_time(value: object) -> dt.datetime | None:
-    """A MicroTime / RFC 3339 string as an aware datetime (``None`` if it is not one)."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
 def span(seconds: float) -> str:
     """``75`` -> ``1m15s``; whole seconds, for tables."""
     whole = max(0, round(seconds))
@@ -117,15 +105,6 @@ def span(seconds: float) -> str:
     if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-
-
-def ago(value: object, now: dt.datetime | None = None) -> str:
-    """How long ago a timestamp written by another machine was (informational: clocks skew)."""
-    when = parse_time(value)
-    if when is None:
-        return "-"
-    delta = ((now or dt.datetime.now(dt.UTC)) - when).total_seconds()
-    return f"{span(delta)} ago" if delta >= 0 else f"in {span(-delta)}"
 
 
 def ttl_text(value: object) -> str:
@@ -485,17 +464,28 @@ class Session:
 
     async def watching(
         self,
-        kind: Kind,
+        kind: str,
         name: str,
-        render: Callable[[StoredObject | None], str],
+        render: Callable[[ObjectStatus | None], str],
         aw: Awaitable[T],
         *,
         undo: Callable[[T], Awaitable[object]] | None = None,
     ) -> T:
-        """:meth:`guard` ``aw`` while a terminal shows ``render(object)`` on every change."""
+        """:meth:`guard` ``aw`` while a terminal shows ``render(status)`` on every change.
+
+        The changes come from the core (:meth:`konductor.Admin.watch`, the
+        object's shared watch); the progress line is best effort: if that
+        watch fails, the line stops changing and the wait goes on.
+        """
         if not self.progress.enabled:
             return await self.guard(aw, undo=undo)
-        follower = asyncio.ensure_future(follow(self.store(), kind, name, render, self.progress))
+
+        async def follow() -> None:
+            with contextlib.suppress(KonductorError):
+                async for current in self.client().admin.watch(kind, name):
+                    self.progress.show(render(current))
+
+        follower = asyncio.ensure_future(follow())
         try:
             return await self.guard(aw, undo=undo)
         finally:
@@ -503,33 +493,6 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
             self.progress.clear()
-
-
-async def follow(
-    store: Store,
-    kind: Kind,
-    name: str,
-    render: Callable[[StoredObject | None], str],
-    progress: Progress,
-) -> None:
-    """Show ``render(obj)`` for the object now and after each change, until cancelled.
-
-    Best effort (it is only a progress line): a failure is retried after a pause.
-    """
-    while True:
-        try:
-            try:
-                obj: StoredObject | None = await store.get(kind, name)
-                assert obj is not None
-                since, seen = obj.version, [obj]
-            except NotFound:
-                obj, since, seen = None, (await store.list(kind)).version, []
-            progress.show(render(obj))
-            async with store.watch(kind, since=since, name=name, seen=seen) as events:
-                async for event in events:
-                    progress.show(render(None if event.type == "DELETED" else event.object))
-        except KonductorError:
-            await asyncio.sleep(2.0)
 
 
 async def confirm(s: Session, question: str) -> bool:

@@ -1,224 +1,166 @@
-"""How each kind of object reads to a person and to a script.
+"""``konductor describe KIND NAME``, and how any object reads to a person and to a script.
 
-One :class:`Row` per object: a one-line ``state`` and its ``entries``
-(holders, waiters, the once's runner, the Lease's holder), each with its TTL
-and last renewal time. Those times were written by other machines' clocks:
-they are shown for information only; expiry is never judged on them.
+Presentation only: every value comes from the core's admin API
+(:class:`konductor.ObjectStatus`, built by the primitives' own parsers). One
+object reads as a ``state`` line and its ``entries`` (holders, waiters with
+their queue position, the once's runner, the Lease's holder), each with its
+TTL, its last renewal (the writer's clock: informational) and the seconds
+left before this observer may judge it expired.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from konductor._primitives import _barrier_state as barrier_state
-from konductor._primitives import _gate_state as gate_state
-from konductor._primitives import _lease_state as lease_state
-from konductor._primitives import _once_state as once_state
-from konductor._primitives import _waitgroup_state as waitgroup_state
-from konductor._store._base import StoredObject
-from konductor._store._kinds import (
-    BARRIER,
-    GATE,
-    LEASE,
-    MUTEX,
-    ONCE,
-    RWMUTEX,
-    SEMAPHORE,
-    WAITGROUP,
-)
-from konductor.cli._common import ago, ttl_text
+from konductor._admin import EntryStatus, ObjectStatus
+from konductor.cli import _options as opt
+from konductor.cli._common import EXIT_OK, JSON, Session, fields, span, table, ttl_text
 
-JSON = dict[str, Any]
+HEADERS = ("KIND", "NAME", "STATE", "ROLE", "IDENTITY", "TOKEN", "TTL", "RENEWED")
+WATCH_HEADERS = (*HEADERS[:4], "POS", *HEADERS[4:], "EXPIRES")
 
 
-@dataclass
-class Entry:
-    """A holder, a waiter or a runner of an object."""
-
-    role: str
-    identity: str | None
-    id: str | None = None
-    token: int | None = None
-    count: int | None = None
-    ttl_seconds: float | None = None
-    renewed_at: str | None = None
-
-    def to_json(self) -> JSON:
-        return {
-            "role": self.role,
-            "identity": self.identity,
-            "id": self.id,
-            "token": self.token,
-            "count": self.count,
-            "ttlSeconds": self.ttl_seconds,
-            "renewedAt": self.renewed_at,
-        }
-
-    def cells(self) -> list[object]:
-        return [
-            self.role,
-            self.identity or "-",
-            "-" if self.token is None else self.token,
-            ttl_text(self.ttl_seconds),
-            ago(self.renewed_at),
-        ]
+def register(groups: opt.SubParsers, parent: object) -> None:
+    opt.kind_command(
+        groups,
+        parent,
+        "describe",
+        describe_cmd,
+        "one object's full story: holders, queue, tokens, last transitions",
+        "Shows one object of any kind: its state, its holders and its waiters in queue "
+        "order (with their position), fencing tokens, TTLs, when each entry was last "
+        "renewed (the writer's clock, informational) and when this observer could first "
+        "judge it expired, and the transitions the object records. An object whose stored "
+        "state does not parse is described too, with what is wrong (see `konductor repair`).",
+        read_only=True,
+    )
 
 
-@dataclass
-class Row:
-    kind: str
-    name: str
-    state: str
-    entries: list[Entry] = field(default_factory=list)
-    spec: JSON = field(default_factory=dict)
-    status: JSON = field(default_factory=dict)
-
-    def to_json(self) -> JSON:
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "state": self.state,
-            "entries": [e.to_json() for e in self.entries],
-            "spec": self.spec,
-            "status": self.status,
-        }
+def role(entry: EntryStatus) -> str:
+    """``holder``, ``waiting``, ``runner``; with the mode of a read-write mutex entry."""
+    label = "waiting" if entry.role == "waiter" else entry.role
+    return f"{label} ({entry.mode})" if entry.mode in ("read", "write") else label
 
 
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
-def _num(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value
+def entry_json(e: EntryStatus) -> JSON:
+    return {
+        "role": role(e),
+        "identity": e.identity,
+        "id": e.id,
+        "token": e.token,
+        "count": e.count,
+        "mode": e.mode,
+        "position": e.position,
+        "ttlSeconds": e.ttl,
+        "renewals": e.renewals,
+        "renewedAt": e.renewed_at,
+        "renewedAgoSeconds": _seconds(e.renewed_ago),
+        "expiresInSeconds": _seconds(e.expires_in),
+    }
 
 
-def _list(status: JSON, key: str) -> list[JSON]:
-    value = status.get(key)
-    return [dict(e) for e in value if isinstance(e, dict)] if isinstance(value, list) else []
+def ago_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{span(seconds)} ago" if seconds >= 0 else f"in {span(-seconds)}"
 
 
-def queue_entries(status: JSON, *, modes: bool = False) -> list[Entry]:
-    """Holders then waiters (in queue order) of a semaphore, mutex or read-write mutex."""
-    out = []
-    for role, key in (("holder", "holders"), ("waiting", "queue")):
-        for e in _list(status, key):
-            label = role
-            if modes and e.get("mode") in ("read", "write"):
-                label = f"{role} ({e['mode']})"
-            out.append(
-                Entry(
-                    role=label,
-                    identity=str(e.get("holder")) if e.get("holder") is not None else None,
-                    id=str(e.get("id")) if e.get("id") is not None else None,
-                    token=_int(e.get("token")),
-                    count=_int(e.get("count")),
-                    ttl_seconds=_num(e.get("ttlSeconds")),
-                    renewed_at=e.get("renewedAt") if isinstance(e.get("renewedAt"), str) else None,
-                )
-            )
-    return out
-
-
-def in_use(status: JSON) -> int:
-    return sum(_int(h.get("count")) or 1 for h in _list(status, "holders"))
-
-
-def semaphore_state(obj: StoredObject) -> str:
-    permits = obj.spec.get("permits", "?")
-    waiting = len(_list(obj.status, "queue"))
-    text = f"{in_use(obj.status)}/{permits} in use"
-    return f"{text}, {waiting} waiting" if waiting else text
-
-
-def lease_entries(spec: JSON) -> list[Entry]:
-    rec = lease_state.parse(spec)
-    if rec.holder is None:
-        return []
+def cells(e: EntryStatus) -> list[object]:
     return [
-        Entry(
-            role="holder",
-            identity=rec.holder,
-            token=rec.transitions,
-            ttl_seconds=rec.duration,
-            renewed_at=rec.renew_time,
-        )
+        role(e),
+        e.identity or "-",
+        "-" if e.token is None else e.token,
+        ttl_text(e.ttl),
+        ago_text(e.renewed_ago),
     ]
 
 
-def describe(obj: StoredObject) -> Row:
-    """The :class:`Row` of any kind konductor keeps (and of a Lease written by anyone)."""
-    kind, spec, status = obj.kind, obj.spec, obj.status
-    entries: list[Entry] = []
-    if kind == SEMAPHORE:
-        state = semaphore_state(obj)
-        entries = queue_entries(status)
-    elif kind == MUTEX:
-        holders = _list(status, "holders")
-        waiting = len(_list(status, "queue"))
-        state = "locked" if holders else "free"
-        state += f", {waiting} waiting" if waiting else ""
-        entries = queue_entries(status)
-    elif kind == RWMUTEX:
-        holders = _list(status, "holders")
-        readers = sum(1 for h in holders if h.get("mode") == "read")
-        writer = any(h.get("mode") == "write" for h in holders)
-        state = "write-locked" if writer else f"{readers} readers" if readers else "free"
-        waiting = len(_list(status, "queue"))
-        state += f", {waiting} waiting" if waiting else ""
-        entries = queue_entries(status, modes=True)
-    elif kind == BARRIER:
-        expected = spec.get("expected", "?")
-        arrived = len(barrier_state.arrivals(status))
-        state = f"{arrived}/{expected} arrived"
-        state += ", open" if barrier_state.is_open(status) else ""
-    elif kind == GATE:
-        conds = gate_state.conditions_of(spec)
-        state = "open" if status.get("open") is True else "closed"
-        if conds:
-            state += " (conditions: " + ", ".join(f"{c.type}/{c.name}" for c in conds) + ")"
-    elif kind == ONCE:
-        state = once_state.state_of(status)
-        attempt = once_state.attempt_of(status)
-        if attempt:
-            state += f", attempt {attempt}"
-        run = once_state.run_of(status)
-        if run is not None:
-            entries = [
-                Entry(
-                    role="runner",
-                    identity=str(run.get("holder")) if run.get("holder") else None,
-                    id=str(run.get("id")),
-                    token=_int(run.get("attempt")),
-                    ttl_seconds=_num(run.get("ttlSeconds")),
-                    renewed_at=run.get("renewedAt")
-                    if isinstance(run.get("renewedAt"), str)
-                    else None,
-                )
-            ]
-    elif kind == WAITGROUP:
-        count = waitgroup_state.count_of(status) or 0
-        state = f"count {count}"
-    elif kind == LEASE:
-        entries = lease_entries(spec)
-        state = "held" if entries else "free"
-    else:
-        state = "-"
-    return Row(kind.kind, obj.name, state, entries, dict(spec), dict(status))
+def object_json(o: ObjectStatus) -> JSON:
+    return {
+        "kind": o.kind,
+        "name": o.name,
+        "state": o.summary,
+        "entries": [entry_json(e) for e in o.entries],
+        "nextToken": o.next_token,
+        "capacity": o.capacity,
+        "transitions": [{"what": t.what, "at": t.at, "by": t.by} for t in o.transitions],
+        "problem": o.problem,
+        "spec": dict(o.spec),
+        "status": dict(o.status),
+    }
 
 
-HEADERS = ("KIND", "NAME", "STATE", "ROLE", "IDENTITY", "TOKEN", "TTL", "RENEWED")
-
-
-def rows_table(rows: list[Row]) -> list[list[object]]:
+def rows_table(objects: tuple[ObjectStatus, ...], *, watch: bool = False) -> list[list[object]]:
     """Table rows: one per entry; an object's own columns only on its first line."""
     out: list[list[object]] = []
-    for row in rows:
-        head: list[object] = [row.kind, row.name, row.state]
-        if not row.entries:
-            out.append([*head, "", "", "", "", ""])
-        for i, entry in enumerate(row.entries):
-            out.append([*(head if i == 0 else ["", "", ""]), *entry.cells()])
+    for o in objects:
+        head: list[object] = [o.kind, o.name, o.summary]
+        blank = ["", "", ""]
+        if not o.entries:
+            out.append([*head, *[""] * (len(WATCH_HEADERS if watch else HEADERS) - 3)])
+        for i, e in enumerate(o.entries):
+            row = [*(head if i == 0 else blank), *cells(e)]
+            if watch:
+                row.insert(4, "-" if e.position is None else e.position)
+                row.append("-" if e.expires_in is None else span(e.expires_in))
+            out.append(row)
     return out
+
+
+def entries_table(o: ObjectStatus, *, ids: bool = True, counts: bool = False) -> str:
+    """The holders and waiters of one object (holders first, then the queue in order)."""
+    headers: list[str] = ["ROLE", "POS", "IDENTITY"]
+    headers += ["ID"] if ids else []
+    headers += ["COUNT"] if counts else []
+    headers += ["TOKEN", "TTL", "RENEWED", "EXPIRES"]
+    rows = []
+    for e in o.entries:
+        row: list[Any] = [role(e), "-" if e.position is None else e.position, e.identity]
+        row += [e.id] if ids else []
+        row += [e.count] if counts else []
+        row += [
+            "-" if e.token is None else e.token,
+            ttl_text(e.ttl),
+            ago_text(e.renewed_ago),
+            "-" if e.expires_in is None else f"in {span(e.expires_in)}",
+        ]
+        rows.append(row)
+    return table(headers, rows)
+
+
+def describe_text(o: ObjectStatus) -> str:
+    pairs: list[tuple[str, object]] = [
+        ("Kind", o.kind),
+        ("Name", o.name),
+        ("Namespace", o.namespace),
+        ("State", o.summary),
+    ]
+    if o.capacity is not None:
+        pairs.append(("Capacity", o.capacity))
+    if o.next_token is not None:
+        pairs.append(("Next token" if o.kind != "Lease" else "Transitions", o.next_token))
+    pairs.append(("Holders", len(o.holders)))
+    if o.kind in ("Semaphore", "Mutex", "RWMutex"):
+        pairs.append(("Waiting", len(o.waiters)))
+    text = fields(pairs)
+    if o.problem:
+        text += (
+            f"\n\nProblem: {o.problem}\n(`konductor repair {o.primitive} {o.name}` removes "
+            "what does not parse and keeps the rest)"
+        )
+    if o.entries:
+        text += "\n\n" + entries_table(o, counts=o.kind == "Semaphore")
+    if o.transitions:
+        rows = [[t.what, t.at or "-", t.by or "-"] for t in o.transitions]
+        text += "\n\nTransitions:\n" + table(["WHAT", "AT", "BY"], rows)
+    return text
+
+
+async def describe_cmd(s: Session) -> int:
+    o = await s.client().admin.describe(s.args.kind, s.args.name)
+    s.emit({**object_json(o), "namespace": o.namespace}, lambda: describe_text(o))
+    return EXIT_OK

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import logging
 
-from konductor._errors import Conflict, NotFound
-from konductor._primitives import _lease_state as state
-from konductor._primitives._clock import micro_time
-from konductor._primitives._lease import Lease
-from konductor._store._base import StoredObject
-from konductor._store._kinds import LEASE
+from konductor import Lease
+from konductor._admin import ObjectStatus, Transition
 from konductor.cli import _options as opt
 from konductor.cli._child import run_child
-from konductor.cli._common import EXIT_OK, JSON, Session, ago, fields
+from konductor.cli._common import EXIT_OK, JSON, Session, fields, ttl_text
+from konductor.cli._describe import ago_text
 
 log = logging.getLogger("konductor.cli")
 
@@ -80,17 +76,28 @@ def _acquire_options(p: argparse.ArgumentParser) -> None:
     opt.timeout(p, "how long to wait for the Lease (default: forever); exit 3 after it")
 
 
-def _data(obj: StoredObject, namespace: str) -> JSON:
-    rec = state.parse(obj.spec)
+def _transition(o: ObjectStatus, what: str) -> Transition | None:
+    return next((t for t in o.transitions if t.what == what), None)
+
+
+def _when(t: Transition | None) -> str:
+    return "-" if t is None else f"{t.at} ({ago_text(t.ago)})"
+
+
+def _data(o: ObjectStatus) -> JSON:
+    holder = o.holders[0] if o.holders else None
+    acquired = _transition(o, "acquired")
+    renewed = _transition(o, "renewed")
     return {
-        "name": obj.name,
-        "namespace": namespace,
-        "held": rec.holder is not None,
-        "holder": rec.holder,
-        "leaseDurationSeconds": rec.duration,
-        "acquireTime": rec.acquire_time,
-        "renewTime": rec.renew_time,
-        "leaseTransitions": rec.transitions,
+        "name": o.name,
+        "namespace": o.namespace,
+        "held": holder is not None,
+        "holder": holder.identity if holder else None,
+        "leaseDurationSeconds": int(holder.ttl) if holder and holder.ttl is not None else None,
+        "acquireTime": acquired.at if acquired else None,
+        "renewTime": renewed.at if renewed else None,
+        "leaseTransitions": o.next_token,
+        "expiresInSeconds": holder.expires_in if holder else None,
     }
 
 
@@ -105,13 +112,13 @@ def _lease_data(lease: Lease, namespace: str) -> JSON:
 
 
 def _render_wait(name: str) -> opt.Render:
-    def render(obj: StoredObject | None) -> str:
-        rec = state.parse(obj.spec) if obj is not None else None
-        if rec is None or rec.holder is None:
+    def render(o: ObjectStatus | None) -> str:
+        if o is None or not o.holders:
             return f"lease {name!r}: free, taking it"
+        h = o.holders[0]
         return (
-            f"waiting for lease {name!r}: held by {rec.holder} "
-            f"(duration {rec.duration}s, renewed {ago(rec.renew_time)})"
+            f"waiting for lease {name!r}: held by {h.identity} "
+            f"(duration {ttl_text(h.ttl)}, renewed {ago_text(h.renewed_ago)})"
         )
 
     return render
@@ -125,7 +132,7 @@ async def _acquire(s: Session) -> Lease:
         await lease.release()
 
     return await s.watching(
-        LEASE,
+        "lease",
         a.name,
         _render_wait(a.name),
         client.acquire_lease(a.name, ttl=a.ttl, timeout=a.timeout),
@@ -144,27 +151,12 @@ async def acquire(s: Session) -> int:
 
 async def release(s: Session) -> int:
     a = s.args
-    store = s.store()
-    released: str | None = None
-    while True:
-        obj = await store.get(LEASE, a.name)
-        rec = state.parse(obj.spec)
-        if rec.holder is None:
-            if a.holder is not None:
-                raise NotFound(f"lease {a.name!r} is not held (by {a.holder} or anyone)")
-            break
-        if a.holder is not None and rec.holder != a.holder:
-            raise NotFound(f"lease {a.name!r} is held by {rec.holder}, not by {a.holder}")
-        out = state.release(obj.spec, rec.holder, None, micro_time(dt.datetime.now(dt.UTC)))
-        assert out.spec is not None
-        try:
-            obj = await store.replace_spec(LEASE, a.name, out.spec, version=obj.version)
-        except Conflict:
-            continue
-        released = rec.holder
-        break
+    admin = s.client().admin
+    removed = await admin.force_release("lease", a.name, holder=a.holder, everyone=a.holder is None)
+    released = removed[0].identity if removed else None
+    o = await admin.describe("lease", a.name)
     s.emit(
-        {**_data(obj, store.namespace), "released": released},
+        {**_data(o), "released": released},
         lambda: (
             f"lease {a.name!r} released (was held by {released})"
             if released
@@ -175,19 +167,18 @@ async def release(s: Session) -> int:
 
 
 async def status(s: Session) -> int:
-    store = s.store()
-    obj = await store.get(LEASE, s.args.name)
-    data = _data(obj, store.namespace)
+    o = await s.client().admin.describe("lease", s.args.name)
+    data = _data(o)
     s.emit(
         data,
         lambda: fields(
             [
-                ("Name", obj.name),
-                ("Namespace", store.namespace),
+                ("Name", o.name),
+                ("Namespace", o.namespace),
                 ("Holder", data["holder"] or "(none)"),
                 ("Duration", f"{data['leaseDurationSeconds']}s"),
-                ("Acquired", f"{data['acquireTime']} ({ago(data['acquireTime'])})"),
-                ("Renewed", f"{data['renewTime']} ({ago(data['renewTime'])})"),
+                ("Acquired", _when(_transition(o, "acquired"))),
+                ("Renewed", _when(_transition(o, "renewed"))),
                 ("Transitions", data["leaseTransitions"]),
             ]
         ),

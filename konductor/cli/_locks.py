@@ -5,8 +5,9 @@ FIFO waiters, fencing tokens), so they share its shapes: ``acquire`` holds in
 the foreground until Ctrl-C or ``--for``, ``run`` holds around a command (a
 cluster-wide ``flock``), ``release`` is the operator's force-release of a
 stuck holder, ``status`` shows holders and waiters. Everything goes through
-:class:`konductor.Client`; ``release`` applies the primitives' own pure
-``release`` transition (the CLI never writes state of its own making).
+:class:`konductor.Client` and its admin API (``release`` is
+:meth:`konductor.Admin.force_release`); the CLI reads and writes no stored
+state itself.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from konductor._errors import Conflict, NotFound
-from konductor._primitives import _queue_state as qstate
-from konductor._primitives._mutex import Lock
-from konductor._store._base import StoredObject
-from konductor._store._kinds import MUTEX, RWMUTEX, WAITGROUP, Kind
+from konductor import Lock
+from konductor._admin import ObjectStatus
+from konductor._errors import NotFound
+from konductor._store._kinds import MUTEX, RWMUTEX, Kind
 from konductor.cli import _options as opt
 from konductor.cli._child import run_child
-from konductor.cli._common import EXIT_OK, JSON, Session, fields, positive, table
-from konductor.cli._describe import describe, queue_entries
+from konductor.cli._common import EXIT_OK, JSON, Session, fields, positive
+from konductor.cli._describe import entries_table, entry_json, role
 
 log = logging.getLogger("konductor.cli")
 
@@ -108,7 +108,7 @@ def _lock_group(
     p = opt.leaf(
         sub,
         "release",
-        _release_cmd(noun, kind, qstate.RWMUTEX if rw else qstate.MUTEX),
+        _release_cmd(noun),
         parent,
         "force-remove holders or waiters (an operator action)",
         f"Removes entries from the {noun}'s status: the lock is freed at once and the next "
@@ -135,15 +135,12 @@ def _lock_data(lock: Lock, namespace: str) -> JSON:
 
 
 def _render_wait(noun: str, name: str, identity: str) -> opt.Render:
-    def render(obj: StoredObject | None) -> str:
-        if obj is None:
+    def render(o: ObjectStatus | None) -> str:
+        if o is None:
             return f"{noun} {name!r}: free, taking it"
-        entries = queue_entries(obj.status, modes=True)
-        holders = [e for e in entries if e.role.startswith("holder")]
-        queue = [e for e in entries if e.role.startswith("waiting")]
-        place = next((i for i, e in enumerate(queue) if e.identity == identity), None)
-        where = f"position {place + 1} of {len(queue)}" if place is not None else "joining"
-        return f"waiting for {noun} {name!r}: {len(holders)} holder(s), {where} in the queue"
+        place = next((e.position for e in o.waiters if e.identity == identity), None)
+        where = f"position {place} of {len(o.waiters)}" if place is not None else "joining"
+        return f"waiting for {noun} {name!r}: {len(o.holders)} holder(s), {where} in the queue"
 
     return render
 
@@ -162,7 +159,7 @@ async def _acquire(s: Session, noun: str, kind: Kind) -> Lock:
         await lock.release()
 
     return await s.watching(
-        kind, a.name, _render_wait(noun, a.name, client.identity), aw, undo=undo
+        noun, a.name, _render_wait(noun, a.name, client.identity), aw, undo=undo
     )
 
 
@@ -205,34 +202,32 @@ def _run_cmd(noun: str, kind: Kind) -> Callable[[Session], Awaitable[int]]:
 
 def _status_cmd(noun: str, kind: Kind) -> Callable[[Session], Awaitable[int]]:
     async def status(s: Session) -> int:
-        store = s.store()
-        obj = await store.get(kind, s.args.name)
-        row = describe(obj)
-        entries = queue_entries(obj.status, modes=kind == RWMUTEX)
+        o = await s.client().admin.describe(noun, s.args.name)
 
         def render() -> str:
             head = fields(
                 [
-                    ("Name", obj.name),
-                    ("Namespace", store.namespace),
-                    ("State", row.state),
-                    ("Next token", obj.status.get("nextToken", 1)),
+                    ("Name", o.name),
+                    ("Namespace", o.namespace),
+                    ("State", o.summary),
+                    ("Next token", o.next_token),
                 ]
             )
-            if not entries:
+            if o.problem:
+                head += f"\n\nProblem: {o.problem}"
+            if not o.entries:
                 return head
-            rows = [[e.role, e.identity, e.id, *e.cells()[2:]] for e in entries]
-            return (
-                head + "\n\n" + table(["ROLE", "IDENTITY", "ID", "TOKEN", "TTL", "RENEWED"], rows)
-            )
+            return head + "\n\n" + entries_table(o)
 
         s.emit(
             {
-                "name": obj.name,
-                "namespace": store.namespace,
-                "state": row.state,
-                "holders": [e.to_json() for e in entries if e.role.startswith("holder")],
-                "queue": [e.to_json() for e in entries if e.role.startswith("waiting")],
+                "name": o.name,
+                "namespace": o.namespace,
+                "state": o.summary,
+                "holders": [entry_json(e) for e in o.holders],
+                "queue": [entry_json(e) for e in o.waiters],
+                "nextToken": o.next_token,
+                "problem": o.problem,
             },
             render,
         )
@@ -241,51 +236,29 @@ def _status_cmd(noun: str, kind: Kind) -> Callable[[Session], Awaitable[int]]:
     return status
 
 
-def _release_cmd(
-    noun: str, kind: Kind, policy: qstate.Policy
-) -> Callable[[Session], Awaitable[int]]:
+def _release_cmd(noun: str) -> Callable[[Session], Awaitable[int]]:
     async def release(s: Session) -> int:
-        return await force_release(s, kind, policy, noun)
+        return await force_release(s, noun)
 
     return release
 
 
-async def force_release(
-    s: Session, kind: Kind, policy: qstate.Policy, noun: str, *, show: str = "status"
-) -> int:
+async def force_release(s: Session, noun: str, *, show: str = "status") -> int:
     """Remove the holders / waiters chosen by --holder, --id or --all, granting the next ones.
 
     Shared by ``semaphore release``, ``mutex release`` and ``rwmutex release``;
     ``show`` names the command that lists the entries (for the error message).
+    The core (:meth:`konductor.Admin.force_release`) decides and writes.
     """
     a = s.args
-    store = s.store()
-    while True:
-        obj = await store.get(kind, a.name)
-        entries = queue_entries(obj.status, modes=kind == RWMUTEX)
-        chosen = [
-            e
-            for e in entries
-            if a.all
-            or (a.holder is not None and e.identity == a.holder)
-            or (a.id is not None and e.id == a.id)
-        ]
-        if not chosen:
-            if a.all:
-                break
-            which = f"--holder {a.holder}" if a.holder is not None else f"--id {a.id}"
-            raise NotFound(
-                f"no holder or waiter of {noun} {a.name!r} matches {which} "
-                f"(see `konductor {noun} {show} {a.name}`)"
-            )
-        out = qstate.release(obj.status, obj.spec, {str(e.id) for e in chosen}, (), policy)
-        if out.status is None:
-            break
-        try:
-            await store.replace_status(kind, a.name, out.status, version=obj.version)
-        except Conflict:
-            continue  # changed since read: decide again
-        break
+    admin = s.client().admin
+    chosen = await admin.force_release(noun, a.name, holder=a.holder, id=a.id, everyone=a.all)
+    if not chosen and not a.all:
+        which = f"--holder {a.holder}" if a.holder is not None else f"--id {a.id}"
+        raise NotFound(
+            f"no holder or waiter of {noun} {a.name!r} matches {which} "
+            f"(see `konductor {noun} {show} {a.name}`)"
+        )
 
     def render() -> str:
         if not chosen:
@@ -295,14 +268,14 @@ async def force_release(
             f"from {noun} {a.name!r}:"
         ]
         lines += [
-            f"  {e.role} {e.identity} (id {e.id}"
+            f"  {role(e)} {e.identity} (id {e.id}"
             + (f", token {e.token})" if e.token is not None else ")")
             for e in chosen
         ]
         return "\n".join(lines)
 
     s.emit(
-        {"name": a.name, "namespace": store.namespace, "removed": [e.to_json() for e in chosen]},
+        {"name": a.name, "namespace": s.namespace, "removed": [entry_json(e) for e in chosen]},
         render,
     )
     return EXIT_OK
@@ -357,8 +330,8 @@ async def wg_done(s: Session) -> int:
 
 
 def _render_count(name: str) -> opt.Render:
-    def render(obj: StoredObject | None) -> str:
-        state = describe(obj).state if obj is not None else "does not exist yet"
+    def render(o: ObjectStatus | None) -> str:
+        state = o.summary if o is not None else "does not exist yet"
         return f"waiting for waitgroup {name!r}: {state}"
 
     return render
@@ -367,7 +340,7 @@ def _render_count(name: str) -> opt.Render:
 async def wg_wait(s: Session) -> int:
     a = s.args
     info = await s.watching(
-        WAITGROUP,
+        "waitgroup",
         a.name,
         _render_count(a.name),
         s.client().waitgroup_wait(a.name, timeout=a.timeout),

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import logging
 
-from konductor._errors import InvalidArgument
-from konductor._primitives import _once_state as state
-from konductor._primitives._once import OnceStatus
-from konductor._store._base import StoredObject
-from konductor._store._kinds import ONCE
+from konductor import OnceStatus
+from konductor._admin import ObjectStatus
+from konductor._errors import InvalidArgument, InvalidName
 from konductor.cli import _options as opt
 from konductor.cli._child import run_child
 from konductor.cli._common import EXIT_OK, JSON, Session, UsageError, fields
@@ -120,16 +118,15 @@ def _text(st: OnceStatus, namespace: str) -> str:
 
 
 def _render_wait(name: str) -> opt.Render:
-    def render(obj: StoredObject | None) -> str:
-        if obj is None:
+    def render(o: ObjectStatus | None) -> str:
+        if o is None:
             return f"once {name!r}: claiming it"
-        current = state.state_of(obj.status)
-        if current == state.RUNNING:
+        if o.holders:  # a runner holds the claim
             return (
-                f"waiting for once {name!r}: running on {obj.status.get('runner')} "
-                f"(attempt {state.attempt_of(obj.status)})"
+                f"waiting for once {name!r}: running on {o.holders[0].identity} "
+                f"(attempt {o.next_token})"
             )
-        return f"once {name!r}: {current}"
+        return f"once {name!r}: {o.summary}"
 
     return render
 
@@ -155,7 +152,7 @@ async def run(s: Session) -> int:
 
     try:
         result = await s.watching(
-            ONCE,
+            "once",
             a.name,
             _render_wait(a.name),
             client.once(a.name, fn, ttl=a.ttl, timeout=a.timeout),
@@ -181,8 +178,10 @@ async def status(s: Session) -> int:
 async def reset(s: Session) -> int:
     try:
         before = await s.client().reset_once(s.args.name, force=s.args.force)
-    except InvalidArgument as exc:
-        raise UsageError(str(exc).replace("pass force=True", "pass --force")) from exc
+    except InvalidName:
+        raise
+    except InvalidArgument as exc:  # a run in progress: the core says force=True
+        raise UsageError(f"{exc} (on the command line: pass --force)") from exc
     s.emit(
         {**_data(before, s.namespace), "reset": True},
         lambda: (

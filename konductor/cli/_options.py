@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeAlias
 
+from konductor._admin import ObjectStatus
 from konductor._errors import InvalidArgument, KonductorError
 from konductor._primitives import _validate as check
 from konductor._primitives._grant import Grant
 from konductor._primitives._runtime import DEFAULT_TTL
-from konductor._store._base import StoredObject
 from konductor.cli._common import Session, duration
 
 Handler = Callable[[Session], Awaitable[int]]
-Render = Callable[[StoredObject | None], str]
+Render = Callable[[ObjectStatus | None], str]
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: Commands that only read: they never create a store (a mistyped local path
@@ -62,16 +62,70 @@ def leaf(
     return p
 
 
+def kind_command(
+    groups: SubParsers,
+    parent: object,
+    command: str,
+    handler: Handler,
+    help: str,
+    description: str,
+    *,
+    read_only: bool,
+) -> argparse.ArgumentParser:
+    """A top-level command on one object of any kind: ``konductor COMMAND KIND NAME``."""
+    from konductor._store._kinds import PRIMITIVE_KINDS
+
+    assert isinstance(parent, argparse.ArgumentParser)
+    p = groups.add_parser(
+        command, help=help, description=description, parents=[parent], formatter_class=FORMATTER
+    )
+    p.add_argument(
+        "kind", metavar="KIND", choices=tuple(PRIMITIVE_KINDS), help=" | ".join(PRIMITIVE_KINDS)
+    )
+    name(p)
+    p.set_defaults(handler=handler, parser=p, run=False, read_only=read_only)
+    return p
+
+
 def name(p: argparse.ArgumentParser, what: str = "the object's name (a DNS-1123 name)") -> None:
     p.add_argument("name", metavar="NAME", help=what)
 
 
+#: The command-line flag of each core parameter an option feeds.
+FLAGS: Mapping[str, str] = {
+    "ttl": "--ttl",
+    "timeout": "--timeout",
+    "permits": "--permits",
+    "count": "--count",
+    "force": "--force",
+    "expected": "--expected",
+    "party": "--party",
+    "next_token": "--next-token",
+}
+
+
+def option_message(exc: InvalidArgument, flags: Mapping[str, str] = FLAGS) -> str:
+    """The core's own message for a bad option value, prefixed with the flag it is about.
+
+    The core names the parameter it refused (``exc.argument``, e.g. ``"ttl"``);
+    the command line knows it by its flag (``--ttl``). The message itself is
+    never rewritten: the core's text is the one explanation of the rule.
+    """
+    argument = getattr(exc, "argument", None)
+    flag = flags.get(argument) if isinstance(argument, str) else None
+    return f"option {flag}: {exc}" if flag is not None else str(exc)
+
+
 def _ttl(text: str) -> float:
-    """A duration that is a valid grant TTL (1 s to a day), checked while parsing."""
+    """A duration that is a valid grant TTL (1 s to a day), checked while parsing.
+
+    The check and its message are the core's own; argparse names the option
+    (``argument --ttl: ttl must be positive, ...``).
+    """
     try:
         return check.ttl(duration(text))
     except InvalidArgument as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("ttl=15", "--ttl 15")) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def ttl(p: argparse.ArgumentParser) -> None:

@@ -6,11 +6,9 @@ import argparse
 import asyncio
 import logging
 
+from konductor import Permit
+from konductor._admin import ObjectStatus
 from konductor._errors import AlreadyExists, Conflict, KonductorError, NotFound
-from konductor._primitives import _queue_state as qstate
-from konductor._primitives._semaphore import Permit
-from konductor._store._base import StoredObject
-from konductor._store._kinds import SEMAPHORE
 from konductor.cli import _options as opt
 from konductor.cli._child import run_child
 from konductor.cli._common import (
@@ -21,7 +19,7 @@ from konductor.cli._common import (
     positive,
     table,
 )
-from konductor.cli._describe import in_use, queue_entries, semaphore_state
+from konductor.cli._describe import entries_table, entry_json
 from konductor.cli._locks import force_release
 
 log = logging.getLogger("konductor.cli")
@@ -119,17 +117,17 @@ def _acquire_options(p: argparse.ArgumentParser) -> None:
 # -- data -----------------------------------------------------------------------------
 
 
-def _data(obj: StoredObject, namespace: str) -> JSON:
-    entries = queue_entries(obj.status)
+def _data(o: ObjectStatus) -> JSON:
     return {
-        "name": obj.name,
-        "namespace": namespace,
-        "permits": obj.spec.get("permits"),
-        "inUse": in_use(obj.status),
-        "waiting": sum(1 for e in entries if e.role == "waiting"),
-        "nextToken": obj.status.get("nextToken", 1),
-        "holders": [e.to_json() for e in entries if e.role == "holder"],
-        "queue": [e.to_json() for e in entries if e.role == "waiting"],
+        "name": o.name,
+        "namespace": o.namespace,
+        "permits": o.capacity if o.capacity is not None else o.spec.get("permits"),
+        "inUse": sum(e.count or 1 for e in o.holders),
+        "waiting": len(o.waiters),
+        "nextToken": o.next_token,
+        "holders": [entry_json(e) for e in o.holders],
+        "queue": [entry_json(e) for e in o.waiters],
+        "problem": o.problem,
     }
 
 
@@ -145,15 +143,14 @@ def _permit_data(permit: Permit, namespace: str) -> JSON:
 
 
 def _render_wait(name: str, identity: str) -> opt.Render:
-    def render(obj: StoredObject | None) -> str:
-        if obj is None:
+    def render(o: ObjectStatus | None) -> str:
+        if o is None:
             return f"semaphore {name!r}: creating it"
-        queue = [e for e in queue_entries(obj.status) if e.role == "waiting"]
-        position = next((i + 1 for i, e in enumerate(queue) if e.identity == identity), None)
-        used = f"{in_use(obj.status)}/{obj.spec.get('permits', '?')} permits in use"
+        position = next((e.position for e in o.waiters if e.identity == identity), None)
+        used = f"{sum(e.count or 1 for e in o.holders)}/{o.capacity or '?'} permits in use"
         if position is not None:
             return f"waiting for semaphore {name!r}: queue position {position} ({used})"
-        return f"waiting for semaphore {name!r}: {used}, {len(queue)} waiting"
+        return f"waiting for semaphore {name!r}: {used}, {len(o.waiters)} waiting"
 
     return render
 
@@ -163,104 +160,62 @@ def _render_wait(name: str, identity: str) -> opt.Render:
 
 async def create(s: Session) -> int:
     a = s.args
-    store = s.store()
     try:
-        obj = await store.create(SEMAPHORE, a.name, {"permits": a.permits})
-        action = "created"
-    except AlreadyExists:
-        while True:
-            obj = await store.get(SEMAPHORE, a.name)
-            current = obj.spec.get("permits")
-            if current == a.permits:
-                action = "unchanged"
-                break
-            if not a.update:
-                raise AlreadyExists(
-                    f"semaphore {a.name!r} already exists with permits={current}; pass "
-                    f"--update to change it to {a.permits} (holders keep their permits)"
-                ) from None
-            try:
-                obj = await store.replace_spec(
-                    SEMAPHORE, a.name, {**obj.spec, "permits": a.permits}, version=obj.version
-                )
-            except Conflict:
-                continue
-            action = f"updated (permits {current} -> {a.permits})"
-            break
-    s.emit(
-        {**_data(obj, store.namespace), "action": action.split(" ")[0]},
-        lambda: f"semaphore {a.name!r} {action}: permits={a.permits}",
-    )
+        action, o = await s.client().admin.create_semaphore(a.name, a.permits, update=a.update)
+    except AlreadyExists as exc:  # another count, and no --update
+        raise AlreadyExists(f"{exc} (on the command line: --update)") from None
+    text = f"semaphore {a.name!r} {action}: permits={a.permits}"
+    s.emit({**_data(o), "action": action}, lambda: text)
     return EXIT_OK
 
 
 async def get(s: Session) -> int:
-    store = s.store()
-    obj = await store.get(SEMAPHORE, s.args.name)
+    o = await s.client().admin.describe("semaphore", s.args.name)
 
     def render() -> str:
         head = fields(
             [
-                ("Name", obj.name),
-                ("Namespace", store.namespace),
-                ("Permits", obj.spec.get("permits")),
-                ("State", semaphore_state(obj)),
-                ("Next token", obj.status.get("nextToken", 1)),
+                ("Name", o.name),
+                ("Namespace", o.namespace),
+                ("Permits", o.capacity if o.capacity is not None else o.spec.get("permits")),
+                ("State", o.summary),
+                ("Next token", o.next_token),
             ]
         )
-        entries = queue_entries(obj.status)
-        if not entries:
+        if o.problem:
+            head += f"\n\nProblem: {o.problem}"
+        if not o.entries:
             return head
-        rows = [
-            [e.role, e.identity, e.id, e.count, *e.cells()[2:]]
-            for e in entries  # holders first, then waiters in queue order
-        ]
-        headers = ["ROLE", "IDENTITY", "ID", "COUNT", "TOKEN", "TTL", "RENEWED"]
-        return head + "\n\n" + table(headers, rows)
+        return head + "\n\n" + entries_table(o, counts=True)
 
-    s.emit(_data(obj, store.namespace), render)
+    s.emit(_data(o), render)
     return EXIT_OK
 
 
 async def list_(s: Session) -> int:
-    store = s.store()
-    objects = (await store.list(SEMAPHORE)).items
+    st = await s.client().admin.status(["semaphore"], strict=True)
 
     def render() -> str:
-        if not objects:
-            return f"no semaphores in namespace {store.namespace!r}"
+        if not st.objects:
+            return f"no semaphores in namespace {st.namespace!r}"
         rows = [
-            [o.name, o.spec.get("permits"), in_use(o.status), len(o.status.get("queue") or [])]
-            for o in objects
+            [o.name, o.capacity, sum(e.count or 1 for e in o.holders), len(o.waiters)]
+            for o in st.objects
         ]
         return table(["NAME", "PERMITS", "IN-USE", "WAITING"], rows)
 
-    s.emit(
-        {"namespace": store.namespace, "items": [_data(o, store.namespace) for o in objects]},
-        render,
-    )
+    s.emit({"namespace": st.namespace, "items": [_data(o) for o in st.objects]}, render)
     return EXIT_OK
 
 
 async def delete(s: Session) -> int:
     a = s.args
-    store = s.store()
-    while True:
-        obj = await store.get(SEMAPHORE, a.name)
-        entries = queue_entries(obj.status)
-        if entries and not a.force:
-            holders = sum(1 for e in entries if e.role == "holder")
-            raise KonductorError(
-                f"semaphore {a.name!r} has {holders} holder(s) and {len(entries) - holders} "
-                "waiter(s); pass --force to delete it anyway (they lose their permits)"
-            )
-        try:
-            await store.delete(SEMAPHORE, a.name, version=obj.version)
-        except Conflict:
-            continue  # changed since read: decide again on what it holds now
-        break
+    try:
+        o = await s.client().admin.delete("semaphore", a.name, force=a.force)
+    except Conflict as exc:  # it has holders or waiters
+        raise KonductorError(f"{exc} (on the command line: --force)") from None
     s.emit(
-        {"name": a.name, "namespace": store.namespace, "deleted": True},
+        {"name": a.name, "namespace": o.namespace, "deleted": True},
         lambda: f"semaphore {a.name!r} deleted",
     )
     return EXIT_OK
@@ -270,7 +225,7 @@ async def _ensure_exists(s: Session) -> None:
     """Without --permits a missing semaphore cannot be created: say how, before waiting."""
     if s.args.permits is None:
         try:
-            await s.store().get(SEMAPHORE, s.args.name)
+            await s.client().admin.describe("semaphore", s.args.name)
         except NotFound:
             raise NotFound(
                 f"semaphore {s.args.name!r} does not exist in namespace {s.namespace!r}; "
@@ -287,7 +242,7 @@ async def _acquire(s: Session) -> Permit:
         await permit.release()
 
     return await s.watching(
-        SEMAPHORE,
+        "semaphore",
         a.name,
         _render_wait(a.name, client.identity),
         client.acquire_semaphore(a.name, a.permits, count=a.count, ttl=a.ttl, timeout=a.timeout),
@@ -308,7 +263,7 @@ async def acquire(s: Session) -> int:
 
 
 async def release(s: Session) -> int:
-    return await force_release(s, SEMAPHORE, qstate.SEMAPHORE, "semaphore", show="get")
+    return await force_release(s, "semaphore", show="get")
 
 
 async def run(s: Session) -> int:

@@ -39,7 +39,8 @@ def test_cli_demo_on_the_local_store(tmp_path: Path) -> None:
     assert "the command's own code: 7" in out
     assert "timeout: 3" in out
     assert "usage error: 2" in out
-    final = out.split("== 7. everything in the namespace")[1].splitlines()
+    final, watched = out.split("== 7. everything in the namespace")[1].split("== 8. ")
+    final = final.splitlines()
     assert [line.split()[:2] for line in final[2:]] == [
         ["Semaphore", "reports"],
         ["Barrier", "start-line"],
@@ -48,3 +49,10 @@ def test_cli_demo_on_the_local_store(tmp_path: Path) -> None:
         ["Lease", "scheduler"],
     ]
     assert "0/2 in use" in final[2]
+    # 8: describe shows the holder and the waiter at queue position 1; the watch saw it too.
+    rows = [line.split() for line in watched.splitlines()]
+    assert ["State:", "2/2", "in", "use,", "1", "waiting"] in rows
+    assert any(r[:2] == ["holder", "-"] for r in rows)
+    assert any(r[:2] == ["waiting", "1"] for r in rows)
+    (count,) = [r[3] for r in rows if r[:2] == ["the", "watch"]]
+    assert int(count) >= 1
