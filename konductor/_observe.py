@@ -300,13 +300,21 @@ def released(grant: Grant) -> None:
     _end(entry, None, "")
 
 
-def lost(entry: Entry, reason: str, message: str | None = None) -> None:
+def lost(entry: Entry, reason: str) -> None:
     """``entry`` is about to be marked lost for ``reason`` (a constant above).
 
-    Call it just before ``entry.mark_lost``: an entry already lost is not counted twice.
+    Call it just before ``entry.mark_lost``: the loss is reported when it is
+    marked, with its message; an entry already lost is not counted twice.
     """
-    if entry in _held and (entry.lost_reason is None or reason == OTHER):
-        _end(entry, reason, message or entry.lost_reason or reason)
+    if entry in _held:
+        if entry.lost_reason is None:
+            entry.on_lost.append(functools.partial(_on_lost, entry, reason))
+        elif reason == OTHER:  # lost without a hook: report it now
+            _end(entry, reason, entry.lost_reason)
+
+
+def _on_lost(entry: Entry, reason: str, message: str) -> None:
+    _end(entry, reason, message)
 
 
 def _end(entry: Entry, reason: str | None, message: str) -> None:

@@ -163,8 +163,17 @@ class Metrics(observe.Observer):
                 self.acquisitions.labels(*labels, result)
             for reason in LOST_REASONS:
                 self.lost.labels(*labels, reason)
-            self.held.labels(*labels)
-            self.waiting.labels(*labels)
+            for metric in (
+                self.held,
+                self.waiting,
+                self.acquire_wait,
+                self.hold,
+                self.takeovers,
+                self.renewals,
+                self.renewal_failures,
+                self.watch_reconnects,
+            ):
+                metric.labels(*labels)
             if site.primitive == "lease":
                 self.leader.labels(site.name)
         return labels
