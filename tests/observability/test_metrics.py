@@ -210,7 +210,6 @@ async def test_instrument_is_idempotent_and_uninstrument_removes_every_metric() 
     # After uninstrument nothing is measured into it.
     from konductor.testing import memory_client
 
-    async with memory_client() as client:
-        async with client.semaphore("x", permits=1):
-            pass
+    async with memory_client() as client, client.semaphore("x", permits=1):
+        pass
     assert generate_latest(reg) == b""
