@@ -12,6 +12,7 @@ examples/grafana-dashboard.json valid and answering.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -175,11 +176,12 @@ def stuck_waiters_expr(window: str, step: str) -> str:
     doc = yaml.safe_load((ROOT / "examples" / "prometheus-alerts.yml").read_text())
     [rule] = [r for g in doc["groups"] for r in g["rules"] if r["alert"] == "KonductorWaitersStuck"]
     expr: str = rule["expr"]
-    assert "[15m:1m]" in expr and "[15m]" in expr
+    assert "[15m:1m]" in expr
+    assert "[15m]" in expr
     return expr.replace("[15m:1m]", f"[{window}:{step}]").replace("[15m]", f"[{window}]")
 
 
-async def test_prometheus_sees_held_waiting_leader_and_a_lost_grant(
+def test_prometheus_sees_held_waiting_leader_and_a_lost_grant(
     kube_crds: Any, app: tuple[str, int], prometheus: Prometheus
 ) -> None:
     ns, _port = app
@@ -205,8 +207,11 @@ async def test_prometheus_sees_held_waiting_leader_and_a_lost_grant(
     assert [(r["metric"]["name"], r["metric"]["namespace"]) for r in stuck] == [("jobs", ns)]
 
     # Delete the semaphore under its holders: each loses its permit at its next renewal.
-    async with KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig) as admin:
-        await admin.delete(SEMAPHORE, "jobs")
+    async def delete() -> None:
+        async with KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig) as admin:
+            await admin.delete(SEMAPHORE, "jobs")
+
+    asyncio.run(delete())
     # Each holder finds the object gone ("deleted"), or already made anew by the
     # waiter without its entry ("removed_by_other"), whichever it sees first.
     wait_for(
