@@ -7,7 +7,8 @@ as client-go records it) and a once whose function failed (``OnceFailed``,
 Warning). Never one per grant of a semaphore or mutex.
 
 Rate-limited so that a flapping object cannot flood the API server: at most
-one Event per object and reason every :data:`PER_OBJECT_INTERVAL` seconds,
+one Event per object and reason (for leadership: per "became leader" and
+"stopped leading") every :data:`PER_OBJECT_INTERVAL` seconds,
 and at most :data:`BURST` per process per minute; the rest are dropped
 (logged at DEBUG). Each Event is one POST, sent in a task of its own with a
 short timeout and no retries, on the store's connection but not counted in
@@ -82,7 +83,7 @@ class EventRecorder(observe.Observer):
 
     def leadership(self, site: Site, leading: bool) -> None:
         what = "became leader" if leading else "stopped leading"
-        self._record(site, "Normal", "LeaderElection", f"{self._who()} {what}")
+        self._record(site, "Normal", "LeaderElection", f"{self._who()} {what}", topic=what)
 
     def operation_ended(self, op: Operation) -> None:
         error = op.error
@@ -100,15 +101,15 @@ class EventRecorder(observe.Observer):
 
     # -- sending --------------------------------------------------------------------------
 
-    def _allowed(self, site: Site, reason: str) -> bool:
+    def _allowed(self, site: Site, topic: str) -> bool:
         now = time.monotonic()
-        key = (id(site.store), site.primitive, site.name, reason)
+        key = (id(site.store), site.primitive, site.name, topic)
         last = self._last.get(key)
         while self._recent and now - self._recent[0] > 60.0:
             self._recent.popleft()
         if (last is not None and now - last < PER_OBJECT_INTERVAL) or len(self._recent) >= BURST:
             self.dropped += 1
-            log.debug("rate limit: no %s Event for %s %r", reason, site.primitive, site.name)
+            log.debug("rate limit: no %s Event for %s %r", topic, site.primitive, site.name)
             return False
         self._last[key] = now
         self._recent.append(now)
@@ -117,7 +118,10 @@ class EventRecorder(observe.Observer):
                 del self._last[old]
         return True
 
-    def _record(self, site: Site, type_: str, reason: str, message: str) -> None:
+    def _record(
+        self, site: Site, type_: str, reason: str, message: str, *, topic: str = ""
+    ) -> None:
+        """Send an Event, unless one of the same ``reason`` and ``topic`` was sent lately."""
         store = site.store
         if not isinstance(store, KubernetesStore) or store not in self._stores or not site.kind:
             return
@@ -125,7 +129,7 @@ class EventRecorder(observe.Observer):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if not self._allowed(site, reason):
+        if not self._allowed(site, f"{reason}/{topic}"):
             return
         body: JSON = {
             "apiVersion": "v1",
