@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -49,6 +50,22 @@ WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 HOLD_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 SITE = ("primitive", "name", "namespace")
+
+
+@dataclass(eq=False)
+class _Children:
+    """The labelled series of one site (prometheus_client's ``labels()`` is not free)."""
+
+    held: Any
+    waiting: Any
+    acquire_wait: Any
+    hold: Any
+    takeovers: Any
+    renewals: Any
+    renewal_failures: Any
+    watch_reconnects: Any
+    results: dict[str, Any]
+    lost: dict[str, Any]
 
 
 @dataclass(eq=False)
@@ -149,71 +166,70 @@ class Metrics(observe.Observer):
             registry=r,
             multiprocess_mode="livemax",
         )
-        self._known: set[Site] = set()
+        self._sites: dict[Site, _Children] = {}
         self._lock = threading.Lock()
 
-    def _site(self, site: Site) -> tuple[str, str, str]:
-        labels = (site.primitive, site.name, site.namespace)
-        if site not in self._known:
-            # Create every series of the site at 0, so that rate() and increase()
-            # see its first increment.
-            with self._lock:
-                self._known.add(site)
-            for result in ACQUIRE_RESULTS:
-                self.acquisitions.labels(*labels, result)
-            for reason in LOST_REASONS:
-                self.lost.labels(*labels, reason)
-            for metric in (
-                self.held,
-                self.waiting,
-                self.acquire_wait,
-                self.hold,
-                self.takeovers,
-                self.renewals,
-                self.renewal_failures,
-                self.watch_reconnects,
-            ):
-                metric.labels(*labels)
+    def _of(self, site: Site) -> _Children:
+        children = self._sites.get(site)
+        if children is None:
+            # Every series of the site, made at 0 on first use, so that rate() and
+            # increase() see its first increment (and later calls skip labels()).
+            labels = (site.primitive, site.name, site.namespace)
+            children = _Children(
+                held=self.held.labels(*labels),
+                waiting=self.waiting.labels(*labels),
+                acquire_wait=self.acquire_wait.labels(*labels),
+                hold=self.hold.labels(*labels),
+                takeovers=self.takeovers.labels(*labels),
+                renewals=self.renewals.labels(*labels),
+                renewal_failures=self.renewal_failures.labels(*labels),
+                watch_reconnects=self.watch_reconnects.labels(*labels),
+                results={r: self.acquisitions.labels(*labels, r) for r in ACQUIRE_RESULTS},
+                lost={r: self.lost.labels(*labels, r) for r in LOST_REASONS},
+            )
             if site.primitive == "lease":
                 self.leader.labels(site.name)
-        return labels
+            with self._lock:
+                children = self._sites.setdefault(site, children)
+        return children
 
     # -- the observer ---------------------------------------------------------------------
 
     def acquire_started(self, att: Attempt) -> None:
-        labels = self._site(att.site)
+        children = self._of(att.site)
         if att.blocking:
-            self.waiting.labels(*labels).inc()
+            children.waiting.inc()
 
     def acquire_ended(self, att: Attempt) -> None:
-        labels = self._site(att.site)
+        children = self._of(att.site)
         if att.blocking:
-            self.waiting.labels(*labels).dec()
-        self.acquisitions.labels(*labels, att.result).inc()
+            children.waiting.dec()
+        children.results[att.result].inc()
         if att.result == "granted":
-            self.acquire_wait.labels(*labels).observe(att.wait)
+            children.acquire_wait.observe(att.wait)
 
     def granted(self, hold: Hold) -> None:
-        self.held.labels(*self._site(hold.site)).inc()
+        self._of(hold.site).held.inc()
 
     def hold_ended(self, hold: Hold) -> None:
-        labels = self._site(hold.site)
-        self.held.labels(*labels).dec()
-        self.hold.labels(*labels).observe(hold.held)
+        children = self._of(hold.site)
+        children.held.dec()
+        children.hold.observe(hold.held)
         if hold.reason is not None:
-            self.lost.labels(*labels, hold.reason).inc()
+            children.lost[hold.reason].inc()
 
     def takeover(self, site: Site, expired: int) -> None:
-        self.takeovers.labels(*self._site(site)).inc()
+        self._of(site).takeovers.inc()
 
     def leadership(self, site: Site, leading: bool) -> None:
         self.leader.labels(site.name).set(1 if leading else 0)
 
     def renewed(self, site: Site, ok: bool) -> None:
-        (self.renewals if ok else self.renewal_failures).labels(*self._site(site)).inc()
+        children = self._of(site)
+        (children.renewals if ok else children.renewal_failures).inc()
 
     def watch_reconnected(self, site: Site, why: str) -> None:
-        self.watch_reconnects.labels(*self._site(site)).inc()
+        self._of(site).watch_reconnects.inc()
 
     def api_request(self, verb: str, primitive: str, outcome: str) -> None:
         self.api_requests.labels(verb, primitive, outcome).inc()
