@@ -163,3 +163,24 @@ async def test_uninstrument_stops_recording(
     async with client.semaphore("jobs", permits=1):
         pass
     assert exporter.get_finished_spans() == ()
+
+
+def test_sync_client_spans_are_children_of_the_callers_span(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """The sync facade's loop thread runs the acquire in the caller's context (as in a
+    Celery task, whose span the Celery instrumentation makes current)."""
+    from konductor.testing import memory_sync_client
+
+    tp, exporter = provider
+    tracer = tp.get_tracer("test")
+    with (
+        memory_sync_client() as client,
+        tracer.start_as_current_span("task") as task,
+        client.semaphore("jobs", permits=1),
+    ):
+        pass
+    ours = [s for s in exporter.get_finished_spans() if s.name != "task"]
+    assert sorted(s.name for s in ours) == ["semaphore acquire", "semaphore hold"]
+    assert all(s.parent is not None for s in ours)
+    assert {s.parent.span_id for s in ours if s.parent} == {task.get_span_context().span_id}
