@@ -213,3 +213,21 @@ async def test_instrument_is_idempotent_and_uninstrument_removes_every_metric() 
     async with memory_client() as client, client.semaphore("x", permits=1):
         pass
     assert generate_latest(reg) == b""
+
+
+async def test_a_lease_taken_over_from_a_crashed_leader_is_counted(
+    registry: CollectorRegistry, clients: Callable[..., Client], clock: FakeClock
+) -> None:
+    dead, b = clients("dead"), clients("b")
+    lease_labels = {"primitive": "lease", "name": "leader", "namespace": "default"}
+    await dead.acquire_lease("leader", ttl=3)
+    simulate_crash(dead)
+    waiter = asyncio.ensure_future(b.acquire_lease("leader", ttl=3, timeout=60))
+    await settle()
+    # Both clients are in this process: the gauge is 1 while the dead one "leads".
+    assert value(registry, "leader_election_master_status", name="leader") == 1
+    await clock.advance(3.1)
+    lease = await waiter
+    assert value(registry, "konductor_takeovers_total", **lease_labels) == 1
+    await lease.release()
+    assert value(registry, "leader_election_master_status", name="leader") == 0
