@@ -27,6 +27,7 @@ carries structured fields in the record's ``extra``: ``konductor_event``,
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import logging
@@ -179,9 +180,6 @@ class _HasHub(Protocol):
     def hub(self) -> Hub: ...
 
 
-S = TypeVar("S", bound=_HasHub)
-
-
 def acquisition(
     fn: Callable[..., Awaitable[R]],
 ) -> Callable[..., Awaitable[R]]:
@@ -212,7 +210,7 @@ def acquisition(
             att.error = exc
             if isinstance(exc, AcquireTimeout):
                 att.result = "timeout"
-            elif isinstance(exc, (asyncio_cancelled(), GeneratorExit)):
+            elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
                 att.result = "cancelled"
             else:
                 att.result = "error"
@@ -228,12 +226,6 @@ def acquisition(
             _each(lambda o: o.acquire_ended(att))
 
     return acquire
-
-
-def asyncio_cancelled() -> type[BaseException]:
-    import asyncio
-
-    return asyncio.CancelledError
 
 
 def queued(status: Mapping[str, Any], req_id: str) -> None:
