@@ -85,6 +85,8 @@ class Attempt:
     result: str = ""  # "granted", "busy", "timeout", "cancelled", "error"
     wait: float = 0.0  # seconds from the call to its outcome
     error: BaseException | None = None
+    #: The observers installed when it started (only they are told how it ends).
+    observers: tuple[Observer, ...] = ()
     #: Per-observer state (a span, ...), keyed by the observer.
     baggage: dict[Observer, Any] = field(default_factory=dict)
 
@@ -101,6 +103,7 @@ class Hold:
     held: float = 0.0  # seconds, set when it ends
     reason: str | None = None  # the lost reason (one of the constants above), or None
     message: str = ""  # the lost message
+    observers: tuple[Observer, ...] = ()
     baggage: dict[Observer, Any] = field(default_factory=dict)
 
 
@@ -112,6 +115,7 @@ class Operation:
     what: str  # "run" (once), "wait" (barrier)
     started: float
     error: BaseException | None = None
+    observers: tuple[Observer, ...] = ()
     baggage: dict[Observer, Any] = field(default_factory=dict)
 
 
@@ -155,8 +159,12 @@ def uninstall(observer: Observer) -> None:
         _observers.remove(observer)
 
 
-def _each(call: Callable[[Observer], None]) -> None:
+def _each(call: Callable[[Observer], None], among: tuple[Observer, ...] | None = None) -> None:
+    """Call every installed observer (of ``among`` only, when given: those that saw
+    the start of what now ends, so that a gauge is never decremented unincremented)."""
     for observer in tuple(_observers):
+        if among is not None and observer not in among:
+            continue
         try:
             call(observer)
         except Exception:
@@ -200,6 +208,7 @@ def acquisition(
             bool(kwargs.get("blocking", True)),
             clock.monotonic(),
         )
+        att.observers = tuple(_observers)
         _each(lambda o: o.acquire_started(att))
         reset = _current.set(att)
         try:
@@ -223,7 +232,7 @@ def acquisition(
         finally:
             _current.reset(reset)
             att.wait = clock.monotonic() - att.started
-            _each(lambda o: o.acquire_ended(att))
+            _each(lambda o: o.acquire_ended(att), att.observers)
 
     return acquire
 
@@ -239,7 +248,7 @@ def queued(status: Mapping[str, Any], req_id: str) -> None:
     for i, entry in enumerate(queue):
         if isinstance(entry, dict) and entry.get("id") == req_id:
             att.position = i + 1
-            _each(lambda o: o.acquire_queued(att))
+            _each(lambda o: o.acquire_queued(att), att.observers)
             return
 
 
@@ -275,6 +284,7 @@ def granted(grant: Grant) -> None:
     site = site_of(entry.hub)
     clock = entry.hub.clock
     hold = Hold(site, grant.token, int(getattr(grant, "count", 1)), clock.monotonic(), clock)
+    hold.observers = tuple(_observers)
     _held[entry] = hold
     expired = _reclaims.pop(grant.id, 0)
     _each(lambda o: o.granted(hold))
@@ -316,9 +326,9 @@ def _end(entry: Entry, reason: str | None, message: str) -> None:
     hold.held = hold.clock.monotonic() - hold.started
     hold.reason = reason
     hold.message = message
-    _each(lambda o: o.hold_ended(hold))
+    _each(lambda o: o.hold_ended(hold), hold.observers)
     if hold.site.primitive == "lease":
-        _each(lambda o: o.leadership(hold.site, False))
+        _each(lambda o: o.leadership(hold.site, False), hold.observers)
 
 
 def renewed(hub: Hub, ok: bool) -> None:
@@ -396,6 +406,7 @@ def operation(what: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Aw
                 return await fn(*args, **kwargs)
             owner: _HasHub = args[0]  # type: ignore[assignment]
             op = Operation(site_of(owner.hub), what, owner.hub.clock.monotonic())
+            op.observers = tuple(_observers)
             _each(lambda o: o.operation_started(op))
             try:
                 return await fn(*args, **kwargs)
@@ -403,7 +414,7 @@ def operation(what: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Aw
                 op.error = exc
                 raise
             finally:
-                _each(lambda o: o.operation_ended(op))
+                _each(lambda o: o.operation_ended(op), op.observers)
 
         return run
 

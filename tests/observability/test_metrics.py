@@ -231,3 +231,21 @@ async def test_a_lease_taken_over_from_a_crashed_leader_is_counted(
     assert value(registry, "konductor_takeovers_total", **lease_labels) == 1
     await lease.release()
     assert value(registry, "leader_election_master_status", name="leader") == 0
+
+
+async def test_a_grant_made_before_instrument_is_not_counted_when_released(
+    clients: Callable[..., Client],
+) -> None:
+    client = clients("a")
+    early = await client.acquire_semaphore("jobs", permits=2)
+    reg = CollectorRegistry()
+    konductor.metrics.instrument(reg)
+    try:
+        late = await client.acquire_semaphore("jobs")
+        await early.release()  # made before: not counted, never below zero
+        assert value(reg, "konductor_held", **SEM) == 1
+        await late.release()
+        assert value(reg, "konductor_held", **SEM) == 0
+        assert value(reg, "konductor_hold_seconds_count", **SEM) == 1
+    finally:
+        konductor.metrics.uninstrument(reg)
