@@ -344,6 +344,9 @@ def runtime_rules() -> list[JSON]:
             "verbs": ["get", "list", "watch", "create", "update"],
         },
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
+        # Kubernetes Events for rare transitions (a lost grant, a takeover, a
+        # leadership change, a failed once); without it they are skipped.
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     ]
 
 

@@ -93,7 +93,7 @@ def test_import_konductor_pulls_in_no_optional_or_transport_dependency() -> None
     code = (
         "import sys, konductor, konductor.store, konductor.manifests\n"
         "heavy = ('kubernetes_asyncio', 'aiohttp', 'celery', 'sqlalchemy', 'fastapi',"
-        " 'starlette', 'uvicorn', 'redis')\n"
+        " 'starlette', 'uvicorn', 'redis', 'prometheus_client', 'opentelemetry')\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

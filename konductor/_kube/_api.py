@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from konductor import _observe as observe
 from konductor._backoff import Backoff
 from konductor._errors import (
     AlreadyExists,
@@ -274,6 +275,7 @@ class KubeApi:
                 f"the API server at {self.host} did not answer {target.verb} "
                 f"{target.describe()} within {limit:.3g}s"
             ) from exc
+        observe.api_response(target.verb, target.kind, resp.status)
         if not 200 <= resp.status < 300:
             raise_for_status(resp.status, _status_body(raw), target, None)
         return _status_body(raw)
@@ -331,9 +333,11 @@ class KubeApi:
                     content_type=content_type,
                 )
             except StoreUnavailable as exc:
+                observe.api_unavailable(target.verb, target.kind)
                 delay = backoff.next_delay()
                 if time.monotonic() + delay > retry_until:
                     raise
+                observe.api_retry(target.verb, target.kind)
                 log.debug("retrying %s %s in %.2fs: %s", method, path, delay, exc)
                 await asyncio.sleep(delay)
 
@@ -354,6 +358,7 @@ class KubeApi:
             total=None, connect=10, sock_connect=10, sock_read=read_timeout
         )
         resp = await self._send("GET", path, query, None, timeout)
+        observe.api_response("watch", target.kind, resp.status)
         try:
             if not 200 <= resp.status < 300:
                 try:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from konductor import _observe as observe
 from konductor._errors import AlreadyExists, InvalidArgument, NotFound, WaitTimeout
 from konductor._limits import MAX_PARTIES
 from konductor._names import validate_name
@@ -143,6 +144,7 @@ class _Barrier:
             obj.status, expected_of(obj, self.where), self._wall(), where=self.where
         ), None
 
+    @observe.operation("wait")
     async def wait(self, deadline: float | None, timeout: float | None) -> BarrierInfo:
         """Wait until the barrier is open, or monotonic ``deadline``; it may not exist yet.
 

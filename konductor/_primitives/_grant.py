@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from konductor import _observe as observe
 from konductor._errors import LostError
 from konductor._primitives._renewal import Entry
 
@@ -39,6 +40,7 @@ class Grant:
         self._release = release
         self.id = entry.id
         self.released = False
+        observe.granted(self)
 
     @property
     def lost(self) -> asyncio.Event:
@@ -77,6 +79,7 @@ class Grant:
         if self.released:
             return
         self.released = True
+        observe.released(self)
         if self.is_lost:
             in_background(self._release(self._entry), self._describe())
             return

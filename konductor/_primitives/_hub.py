@@ -30,6 +30,7 @@ import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from konductor import _observe as observe
 from konductor._backoff import Backoff
 from konductor._errors import (
     Conflict,
@@ -501,6 +502,7 @@ class Hub:
             self.name,
         )
         self.watch_restarts += 1
+        observe.watch_reconnected(self, "silent")
         self._watch_task.cancel()
         self._start_watch()
 
@@ -522,6 +524,7 @@ class Hub:
             self._watch_task = None
 
     async def _watch(self) -> None:
+        observe.watching(self)
         backoff = Backoff(initial=0.1, cap=5.0)
         while True:
             try:
@@ -562,6 +565,7 @@ class Hub:
                 self.watch_error.__cause__ = exc
                 self._notify()
                 return
+            observe.watch_reconnected(self, "error")
             await asyncio.sleep(backoff.next_delay())
 
     async def close(self) -> None:

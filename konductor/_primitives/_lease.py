@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from konductor import _observe as observe
 from konductor._backoff import Backoff
 from konductor._errors import (
     AcquireTimeout,
@@ -126,6 +127,7 @@ class _LeaseSite:
             out = state.acquire(
                 obj.spec, self.rt.identity, self.duration, self._wall(), expired=expired
             )
+            observe.took_over(f"{self.rt.identity}#{out.token}", expired)
             return out.spec, out.token
 
         return decide
@@ -153,6 +155,7 @@ class _LeaseSite:
         self.slot.owner = owner
         return True
 
+    @observe.acquisition
     async def acquire(self, timeout: float | None, *, blocking: bool = True) -> Lease | None:
         """Wait (watch-driven) until this client holds the lease.
 
@@ -265,6 +268,7 @@ class _LeaseSite:
             if preferred is not None and state.holds(spec, identity, token):
                 # Yield: stop renewing and lose the grant now; the Lease is released
                 # by the loss path once the guarded work has stopped.
+                observe.lost(entry, observe.PREFERRED_HOLDER)
                 entry.mark_lost(
                     f"spec.preferredHolder of Lease {name!r} names {preferred!r}: "
                     "yielding leadership to it, as client-go's coordinated leader election does"

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from konductor import _observe as observe
 from konductor._backoff import Backoff
 from konductor._errors import (
     AlreadyExists,
@@ -234,6 +235,7 @@ class _Once:
             "another caller will run it"
         )
 
+    @observe.operation("run")
     async def _run(
         self, fn: Callable[[], Awaitable[T]], claim: state.Claim, entry: Entry, attempt: int
     ) -> T:

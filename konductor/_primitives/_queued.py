@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from konductor import _observe as observe
 from konductor._backoff import Backoff
 from konductor._errors import (
     AcquireTimeout,
@@ -129,6 +130,7 @@ class Queued(Generic[G]):
         def decide(obj: StoredObject) -> tuple[NewState, JSON | None]:
             stale = self.hub.stale(obj)
             stale.discard(req.id)
+            observe.reclaimed(req.id, stale, obj.status)
             wall = micro_time(self.rt.clock.wall())
             out = state.acquire(
                 obj.status,
@@ -164,6 +166,7 @@ class Queued(Generic[G]):
         )
         return ", ".join(f"{k}={v}" for k, v in summary.items())
 
+    @observe.acquisition
     async def acquire(self, timeout: float | None, *, blocking: bool = True) -> G | None:
         """Wait (watch-driven) for the grant; ``None`` for a failed non-blocking try.
 
@@ -266,6 +269,7 @@ class Queued(Generic[G]):
                 if not registered:  # our queue ticket is renewed while we wait
                     self.rt.renewer.add(entry)
                     registered = True
+                    observe.queued(obj.status, req.id)
                 if not watching:
                     self.hub.retain_watch()
                     watching = True

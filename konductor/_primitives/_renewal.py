@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from konductor import _observe as observe
 from konductor._errors import KonductorError, NotFound
 from konductor._primitives._clock import Clock, micro_time
 from konductor._primitives._hub import WRITE_FLOOR, Hub, NewState, Sends
@@ -184,6 +185,7 @@ class Renewer:
         # Lost some other way (taken away, or yielded): nothing left to renew.
         self._entries -= {e for e in self._entries if e.lost_reason is not None}
         for entry in [e for e in self._entries if now >= e.deadline]:
+            observe.lost(entry, observe.RENEWAL_DEADLINE)
             entry.mark_lost(
                 f"not renewed within its TTL of {entry.ttl:g}s (its own deadline, "
                 f"{OWN_DEADLINE:.0%} of the TTL after the last successful renewal was sent, "
@@ -244,10 +246,12 @@ class Renewer:
             # is gone for good, exactly as if it had been removed. Lose them now.
             for e in entries:
                 if e in self._entries and e.lost_reason is None:
+                    observe.lost(e, observe.DELETED)
                     e.mark_lost(f"{hub.kind} {hub.name!r} was deleted")
                 self._entries.discard(e)
             return
         except Exception as exc:
+            observe.renewed(hub, False)
             for e in entries:
                 e.record(sends, present=False)
             if isinstance(exc, KonductorError):
@@ -260,6 +264,7 @@ class Renewer:
                 e.schedule(now)
             return
         self.renewals += 1
+        observe.renewed(hub, True)
         now = self._clock.monotonic()
         for e in entries:
             if e.lost_reason is not None or e not in self._entries:
@@ -268,6 +273,7 @@ class Renewer:
                 self._entries.discard(e)
                 continue
             if e.id in missing:
+                observe.lost(e, observe.REMOVED_BY_OTHER)
                 e.mark_lost(
                     f"its entry was removed from {hub.kind} {hub.name!r} "
                     "(judged expired by another client)"

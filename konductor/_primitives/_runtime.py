@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from konductor import _observe as observe
 from konductor._errors import ClientClosed, InvalidArgument
 from konductor._limits import MAX_IDENTITY
 from konductor._primitives._clock import Clock
@@ -36,6 +37,7 @@ class Runtime:
         self.renewer = Renewer(clock)
         self._hubs: dict[tuple[Kind, str], Hub] = {}
         self.closed = False
+        observe.runtime_started(self)
 
     @property
     def store(self) -> Store:

@@ -22,6 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 
+from konductor import _observe as observe
 from konductor._backoff import Backoff
 from konductor._errors import Expired, StoreUnavailable
 from konductor._store._base import ObjectList, StoredObject, WatchEvent, version_newer
@@ -142,6 +143,7 @@ class ResumableWatch:
                             yield item
                 # The server ended the stream (its time-out): resume from `last`.
             except Expired:
+                observe.watch_resumed("expired")
                 log.info("watch of %s from version %s expired; listing again", self._kind, last)
                 relist = True
             except StoreUnavailable as exc:
@@ -152,6 +154,7 @@ class ResumableWatch:
                 if exc.status is not None:
                     failures += 1
                 relist = relist or failures >= 2
+                observe.watch_resumed("error")
                 delay = backoff.next_delay()
                 log.warning(
                     "watch of %s interrupted (%s); resuming in %.2fs", self._kind, exc, delay
