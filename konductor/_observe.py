@@ -386,6 +386,10 @@ def _outcome(verb: str, status: int) -> str:
         return "ok"
     if status == 409:
         return "already_exists" if verb == "create" else "conflict"
+    if status == 422 and verb == "patch":
+        # A guarded patch whose test failed (the object changed in a way the
+        # write relied on): konductor's conflict; its patches are otherwise valid.
+        return "conflict"
     return {
         404: "not_found",
         403: "forbidden",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -35,6 +35,13 @@ class FlakyStore(MemoryStore):
         if self.fail_writes:
             raise StoreUnavailable("cut off (test)")
         return await super().replace_status(kind, name, status, **kw)
+
+    async def patch_status(
+        self, kind: Kind, name: str, ops: Sequence[dict[str, Any]], **kw: Any
+    ) -> StoredObject:
+        if self.fail_writes:
+            raise StoreUnavailable("cut off (test)")
+        return await super().patch_status(kind, name, ops, **kw)
 
     async def replace_spec(
         self, kind: Kind, name: str, spec: Mapping[str, Any], **kw: Any
