@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from konductor import _limits as limits
 from konductor._errors import InvalidArgument
@@ -71,9 +71,16 @@ class GateCondition:
         return f"{self.type} {self.name!r}"
 
 
-def _one(value: object) -> GateCondition:
-    type_: object
-    name: object
+ConditionLike: TypeAlias = "GateCondition | Mapping[str, str] | tuple[str, str]"
+"""One gate condition as a caller may give it (parsed by :func:`parse_conditions`)."""
+
+Conditions: TypeAlias = "Iterable[ConditionLike]"
+"""A gate's conditions as a caller may give them: a list of :data:`ConditionLike`."""
+
+
+def _one(value: ConditionLike) -> GateCondition:
+    type_: str | None
+    name: str | None
     if isinstance(value, GateCondition):
         type_, name = value.type, value.name
     elif isinstance(value, Mapping):
@@ -96,12 +103,13 @@ def _one(value: object) -> GateCondition:
         raise InvalidArgument(
             f"gate condition type must be one of {', '.join(TYPES)}, got {type_!r}"
         )
-    validate_name(name, what=f"{canonical} condition name")
-    assert isinstance(name, str)
-    return GateCondition(canonical, name)
+    # validate_name checks at run time what the types only promise (a str).
+    return GateCondition(
+        canonical, validate_name(cast(str, name), what=f"{canonical} condition name")
+    )
 
 
-def parse_conditions(value: object) -> tuple[GateCondition, ...]:
+def parse_conditions(value: Conditions) -> tuple[GateCondition, ...]:
     """Validate conditions given by a caller, before any API call.
 
     Raises:

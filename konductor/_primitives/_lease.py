@@ -49,6 +49,7 @@ from konductor._primitives._grant import Grant, Guarded
 from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
 from konductor._primitives._renewal import OWN_DEADLINE, Entry, SendRecord
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
+from konductor._primitives._validate import Duration
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import LEASE
 
@@ -319,7 +320,7 @@ class _LeaseSite:
             self.slot.free(owner)
 
 
-def _site(rt: Runtime, name: str, ttl: object) -> _LeaseSite:
+def _site(rt: Runtime, name: str, ttl: Duration) -> _LeaseSite:
     validate_name(name)
     return _LeaseSite(rt, name, state.duration_of(check.ttl(ttl)))
 
@@ -334,7 +335,7 @@ class LeaseMethods(HasRuntime):
     """The lease and leader-election methods of :class:`konductor.Client`."""
 
     def lease(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+        self, name: str, *, ttl: Duration = DEFAULT_TTL, timeout: Duration | None = None
     ) -> Guarded[Lease]:
         """``async with client.lease("scheduler", ttl=15) as lease:`` hold leadership.
 
@@ -353,7 +354,7 @@ class LeaseMethods(HasRuntime):
         return Guarded(lambda: _obtain(site, wait))
 
     async def acquire_lease(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+        self, name: str, *, ttl: Duration = DEFAULT_TTL, timeout: Duration | None = None
     ) -> Lease:
         """Wait for leadership and return the :class:`Lease`; call ``await lease.release()``.
 
@@ -364,7 +365,7 @@ class LeaseMethods(HasRuntime):
         site = _site(self._rt, name, ttl)
         return await _obtain(site, check.timeout(timeout))
 
-    async def try_acquire_lease(self, name: str, *, ttl: object = DEFAULT_TTL) -> Lease | None:
+    async def try_acquire_lease(self, name: str, *, ttl: Duration = DEFAULT_TTL) -> Lease | None:
         """The lease if nobody holds it (or its holder has expired), else ``None`` (no wait).
 
         A Lease whose holder this client has only just seen cannot have expired
@@ -377,7 +378,7 @@ class LeaseMethods(HasRuntime):
         name: str,
         leader_fn: Callable[[Lease], Awaitable[T]],
         *,
-        ttl: object = DEFAULT_TTL,
+        ttl: Duration = DEFAULT_TTL,
     ) -> T:
         """Keep trying to lead; run ``await leader_fn(lease)`` while this client leads.
 

@@ -40,6 +40,7 @@ from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
 from konductor._primitives._parse import Where
 from konductor._primitives._renewal import NEVER, Entry
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
+from konductor._primitives._validate import Duration
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import ONCE
 
@@ -354,7 +355,7 @@ class _Once:
         return _status_of(self.name, before)
 
 
-def make(rt: Runtime, name: str, ttl: object) -> _Once:
+def make(rt: Runtime, name: str, ttl: Duration) -> _Once:
     validate_name(name)
     return _Once(rt, name, check.ttl(ttl))
 
@@ -369,8 +370,8 @@ class OnceMethods(HasRuntime):
         name: str,
         fn: Callable[[], Awaitable[T]],
         *,
-        ttl: object = DEFAULT_TTL,
-        timeout: object = None,
+        ttl: Duration = DEFAULT_TTL,
+        timeout: Duration | None = None,
     ) -> T | None:
         """Run ``fn`` once cluster-wide: ``await client.once("migrate-db", migrate)``.
 

@@ -36,7 +36,6 @@ as ``"kubernetes"``) and ``app.conf.konductor_namespace``; else
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -56,23 +55,21 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "pip install 'konductor[celery]'"
     ) from exc
 
-from konductor import _defaults
-from konductor._backoff import Backoff
-from konductor._config import store_from_spec
-from konductor._errors import (
+from konductor import (
     AcquireTimeout,
     ConfigurationError,
     InvalidArgument,
     KonductorError,
+    Lock,
+    Permit,
     StoreUnavailable,
+    SyncClient,
+    SyncGrant,
+    validate_name,
 )
-from konductor._names import validate_name
-from konductor._primitives import _validate as check
-from konductor._primitives._mutex import Lock
-from konductor._primitives._runtime import DEFAULT_TTL
-from konductor._primitives._semaphore import Permit
-from konductor._store._base import Store
-from konductor._sync import SyncClient, SyncGrant
+from konductor import _integration as check
+from konductor._integration import DEFAULT_TTL, Backoff, configured, store_from_spec
+from konductor.store import Store
 
 __all__ = ("NAMESPACE_SETTING", "STORE_SETTING", "CoordinatedTask", "close_clients", "get_client")
 
@@ -176,7 +173,7 @@ def _plan_of(cls: type[CoordinatedTask]) -> _Plan:
             max_requeues=max_requeues,
         )
     except InvalidArgument as exc:
-        raise type(exc)(f"{where}: {exc}") from None
+        raise type(exc)(f"{where}: {exc}", argument=exc.argument) from None
 
 
 def singleton_name(task_name: str, key: object) -> str:
@@ -204,7 +201,7 @@ def _build_client(app: Any) -> SyncClient:
     namespace: str | None = conf.get(NAMESPACE_SETTING)
     identity: str | None = None
     if source is None:
-        settings = _defaults._settings
+        settings = configured()
         source = settings.store
         namespace = namespace or settings.namespace
         identity = settings.identity
@@ -320,11 +317,11 @@ def _release(client: SyncClient, grant: SyncGrant[Any]) -> BaseException | None:
     interrupts the wait for it here, it still completes.
     """
     try:
-        client._call(lambda: asyncio.shield(grant.grant.release()))
+        grant.release()  # shielded on the client's loop
     except KonductorError:
         log.warning(
             "konductor: could not release %s; it expires after its ttl",
-            grant.grant._describe(),
+            grant.grant.describe(),
             exc_info=True,
         )
     except BaseException as exc:
@@ -472,7 +469,7 @@ class CoordinatedTask(Task):  # type: ignore[misc]
             for g in lost:
                 log.error(
                     "konductor: %s was lost while task %s[%s] ran: %s",
-                    g.grant._describe(),
+                    g.grant.describe(),
                     self.name,
                     request.id,
                     g.grant.lost_reason,
@@ -482,7 +479,7 @@ class CoordinatedTask(Task):  # type: ignore[misc]
         if lost:
             g = lost[0]
             raise g.grant.lost_error(
-                f"{g.grant._describe()} was lost while task {self.name}[{request.id}] ran "
+                f"{g.grant.describe()} was lost while task {self.name}[{request.id}] ran "
                 f"({g.grant.lost_reason}); the result is not trusted"
             )
         return result

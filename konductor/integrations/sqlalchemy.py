@@ -59,11 +59,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "pip install 'konductor[sqlalchemy]'"
     ) from exc
 
-from konductor._client import Client
-from konductor._errors import InvalidArgument
-from konductor._names import validate_name
-from konductor._primitives import _validate as check
-from konductor._sync import SyncClient
+from konductor import Client, InvalidArgument, SyncClient, validate_name
+from konductor import _integration as check
+from konductor._integration import DEFAULT_TTL, Duration
 from konductor.integrations._sqlalchemy._core import (
     AsyncCore,
     Mode,
@@ -75,7 +73,6 @@ from konductor.integrations._sqlalchemy._pool import install
 
 __all__ = ("AsyncCoordinatedEngine", "CoordinatedEngine")
 
-DEFAULT_TTL = 15.0
 DEFAULT_RESERVE_TIMEOUT = 60.0
 DEFAULT_GROW_INTERVAL = 10.0
 
@@ -86,9 +83,9 @@ def _settings(
     pool_size: int,
     min_connections: int,
     mode: str,
-    ttl: object,
-    reserve_timeout: object,
-    grow_interval: object,
+    ttl: Duration,
+    reserve_timeout: Duration | None,
+    grow_interval: Duration | None,
 ) -> Settings:
     validate_name(semaphore)
     if max_connections is not None:
@@ -186,9 +183,9 @@ class CoordinatedEngine:
         pool_size: int = 5,
         min_connections: int = 1,
         mode: Mode = "reserve",
-        ttl: object = DEFAULT_TTL,
-        reserve_timeout: object = DEFAULT_RESERVE_TIMEOUT,
-        grow_interval: object = DEFAULT_GROW_INTERVAL,
+        ttl: Duration = DEFAULT_TTL,
+        reserve_timeout: Duration | None = DEFAULT_RESERVE_TIMEOUT,
+        grow_interval: Duration | None = DEFAULT_GROW_INTERVAL,
         client: SyncClient | None = None,
         store: StoreSource = None,
         **engine_kwargs: Any,
@@ -316,9 +313,9 @@ class AsyncCoordinatedEngine:
         pool_size: int = 5,
         min_connections: int = 1,
         mode: Mode = "reserve",
-        ttl: object = DEFAULT_TTL,
-        reserve_timeout: object = DEFAULT_RESERVE_TIMEOUT,
-        grow_interval: object = DEFAULT_GROW_INTERVAL,
+        ttl: Duration = DEFAULT_TTL,
+        reserve_timeout: Duration | None = DEFAULT_RESERVE_TIMEOUT,
+        grow_interval: Duration | None = DEFAULT_GROW_INTERVAL,
         client: Client | None = None,
         store: StoreSource = None,
         **engine_kwargs: Any,

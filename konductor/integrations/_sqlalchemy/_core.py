@@ -32,8 +32,6 @@ parent's) and reserves its own on first use.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import concurrent.futures.thread  # noqa: F401 - registers its exit hook before ours
 import contextlib
 import inspect
 import logging
@@ -50,11 +48,17 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util import queue as sqla_queue
 
-from konductor._client import Client
-from konductor._errors import InvalidArgument, KonductorError, SemaphoreLost
-from konductor._primitives._semaphore import Permit
-from konductor._store._base import Store
-from konductor._sync import SyncClient, SyncGrant
+from konductor import (
+    Client,
+    InvalidArgument,
+    KonductorError,
+    Permit,
+    SemaphoreLost,
+    SyncClient,
+    SyncGrant,
+)
+from konductor._integration import lifecycle
+from konductor.store import Store
 
 log = logging.getLogger("konductor.sqlalchemy")
 
@@ -951,7 +955,6 @@ class AsyncCore(Core):
 
 _cores: weakref.WeakSet[Core] = weakref.WeakSet()
 _background: set[asyncio.Task[None]] = set()  # loss handling in flight (strong references)
-_exit_hooks_pid: int | None = None
 
 
 def _at_exit() -> None:
@@ -970,23 +973,10 @@ def _after_fork_in_child() -> None:
 
 
 def _register_exit_hooks() -> None:
-    """atexit covers normal exits; multiprocessing's children leave via os._exit()."""
-    global _exit_hooks_pid
-    if _exit_hooks_pid == os.getpid():
-        return
-    _exit_hooks_pid = os.getpid()
-    import multiprocessing.util
-
-    multiprocessing.util.Finalize(None, _at_exit, exitpriority=10)
+    """At exit covers normal exits; multiprocessing's children leave via os._exit()."""
+    lifecycle.on_exit(_at_exit, also_in_multiprocessing_child=True)
 
 
-# At interpreter exit the store's HTTP client still needs the event loop's
-# default executor (aiohttp looks up .netrc there), and executors refuse work
-# once threading's shutdown hooks have run: so release from one of those hooks,
-# registered after concurrent.futures' own so that it runs before it.
-if hasattr(threading, "_register_atexit"):
-    threading._register_atexit(_at_exit)
-else:  # pragma: no cover - CPython has had it since 3.9
-    atexit.register(_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# When these run, and why then: konductor._lifecycle.
+lifecycle.on_exit(_at_exit)
+lifecycle.on_fork_in_child(_after_fork_in_child)

@@ -30,7 +30,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
-from konductor._errors import InvalidArgument
+from konductor import InvalidArgument
 from konductor.integrations._sqlalchemy._core import Core, Item, Settings
 
 
