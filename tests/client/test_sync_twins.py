@@ -21,7 +21,6 @@ SYNC_EXTRAS = {"close": {"timeout"}}  # bounds the blocking wait for the release
 HAND_WRITTEN = {"campaign": "leader_fn", "once": "fn", "close": None}
 
 
-
 def public_methods(cls: type) -> dict[str, inspect.Signature]:
     return {
         name: inspect.signature(member)
