@@ -52,6 +52,14 @@ class Grant:
     def lost_reason(self) -> str | None:
         return self._entry.lost_reason
 
+    def when_lost(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` on the client's event loop if the grant is lost.
+
+        For adapters that must act at once (close database connections), not
+        at the next ``ensure_held()``. The callback must not block the loop.
+        """
+        self._entry.on_lost.append(callback)
+
     def describe(self) -> str:
         """What is held, for messages: ``permit on semaphore 'payments-api' (token 7)``."""
         return f"{self.what} {self.name!r} (token {self.token})"

@@ -62,14 +62,10 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 from konductor import Client, InvalidArgument, SyncClient, validate_name
 from konductor import _integration as check
 from konductor._integration import DEFAULT_TTL, Duration
-from konductor.integrations._sqlalchemy._core import (
-    AsyncCore,
-    Mode,
-    Settings,
-    StoreSource,
-    SyncCore,
-)
+from konductor.integrations._sqlalchemy._async_core import AsyncCore
 from konductor.integrations._sqlalchemy._pool import install
+from konductor.integrations._sqlalchemy._slots import Mode, Settings, StoreSource
+from konductor.integrations._sqlalchemy._sync_core import SyncCore
 
 __all__ = ("AsyncCoordinatedEngine", "CoordinatedEngine")
 
