@@ -76,8 +76,8 @@ class InvalidArgument(KonductorError, ValueError):
     option without rewriting the message; ``None`` otherwise.
     """
 
-    def __init__(self, *args: object, argument: str | None = None) -> None:
-        super().__init__(*args)
+    def __init__(self, message: str = "", *, argument: str | None = None) -> None:
+        super().__init__(message)
         self.argument = argument
 
 

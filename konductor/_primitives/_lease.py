@@ -83,14 +83,18 @@ class Lease(Grant):
         return f"<Lease {self.name!r} holder={self.holder!r} token={self.token}>"
 
 
+class _Owner:
+    """One acquisition's claim on a :class:`_LocalSlot` (compared by identity)."""
+
+
 class _LocalSlot:
     """At most one acquisition or grant per (client, lease) at a time."""
 
     def __init__(self) -> None:
-        self.owner: object | None = None
+        self.owner: _Owner | None = None
         self._freed = asyncio.Event()
 
-    def free(self, owner: object) -> None:
+    def free(self, owner: _Owner) -> None:
         if self.owner is owner:
             self.owner = None
             freed, self._freed = self._freed, asyncio.Event()
@@ -115,7 +119,7 @@ class _LeaseSite:
         if slot is None:
             slot = _SLOTS[self.hub] = _LocalSlot()
         self.slot = slot
-        self._held: dict[Entry, tuple[object, int]] = {}  # grant -> (slot owner, token)
+        self._held: dict[Entry, tuple[_Owner, int]] = {}  # grant -> (slot owner, token)
 
     def _wall(self) -> str:
         return micro_time(self.rt.clock.wall())
@@ -143,7 +147,7 @@ class _LeaseSite:
             return "held by another task of this client"
         return f"held by {rec.holder!r}, leaseDurationSeconds={rec.duration}"
 
-    async def _take_slot(self, owner: object, deadline: float | None, blocking: bool) -> bool:
+    async def _take_slot(self, owner: _Owner, deadline: float | None, blocking: bool) -> bool:
         clock = self.rt.clock
         while self.slot.owner is not None:
             if not blocking:
@@ -164,7 +168,7 @@ class _LeaseSite:
         """
         clock = self.rt.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
-        owner = object()
+        owner = _Owner()
         if not await self._take_slot(owner, deadline, blocking):
             if not blocking:
                 return None
@@ -258,7 +262,7 @@ class _LeaseSite:
             if not granted:
                 self.slot.free(owner)
 
-    def _grant(self, owner: object, token: int, sent_at: float) -> Lease:
+    def _grant(self, owner: _Owner, token: int, sent_at: float) -> Lease:
         identity, duration, name = self.rt.identity, self.duration, self.name
 
         def renew(spec: JSON, ids: set[str], wall: str) -> tuple[JSON | None, set[str]]:

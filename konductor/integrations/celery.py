@@ -111,10 +111,10 @@ class _Plan:
         return self.semaphore is not None or self.singleton_key is not None
 
 
-def _choice(value: object, allowed: tuple[str, ...], what: str) -> str:
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     if not isinstance(value, str) or value not in allowed:
         options = " or ".join(repr(a) for a in allowed)
-        raise InvalidArgument(f"{what} must be {options}, got {value!r}")
+        raise InvalidArgument(f"{what} must be {options}, got {value!r}", argument=what)
     return value
 
 

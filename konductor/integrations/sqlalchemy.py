@@ -46,6 +46,7 @@ its own connections to the store.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from types import TracebackType
 from typing import Any
 
 try:
@@ -134,16 +135,16 @@ def _engine_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _url(value: object) -> URL:
+def _url(value: str | URL) -> URL:
     try:
-        return make_url(value)  # type: ignore[arg-type]
+        return make_url(value)
     except (sa_exc.ArgumentError, TypeError) as exc:
         raise InvalidArgument(
             f"expected an Engine, a URL or a URL string, got {value!r}: {exc}"
         ) from exc
 
 
-def _check_source(client: object, store: StoreSource) -> None:
+def _check_source(client: Client | SyncClient | None, store: StoreSource) -> None:
     if client is not None and store is not None:
         raise InvalidArgument("pass client= or store=, not both")
 
@@ -274,7 +275,12 @@ class CoordinatedEngine:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -400,7 +406,12 @@ class AsyncCoordinatedEngine:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
     def __repr__(self) -> str:
