@@ -9,6 +9,7 @@ modules below can change without touching an adapter:
 - the defaults (one :data:`DEFAULT_TTL`);
 - what :func:`konductor.configure` set (:func:`configured`), the
   ``KONDUCTOR_STORE``-style store spec, and the retry backoff;
+- ``ExcInfo``, the arguments of ``__exit__``;
 - the process lifecycle (:mod:`konductor._lifecycle`: fork and exit hooks).
 
 It is not public: users import from ``konductor``. A new adapter adds what it
@@ -35,6 +36,7 @@ from konductor._primitives._validate import (
     timeout,
     ttl,
 )
+from konductor._typing import ExcInfo
 
 
 def configured() -> Settings:
@@ -47,6 +49,7 @@ __all__ = (
     "Backoff",
     "Conditions",
     "Duration",
+    "ExcInfo",
     "SemaphoreRequest",
     "Settings",
     "Ttl",

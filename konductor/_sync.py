@@ -46,6 +46,7 @@ from konductor._primitives._lease import Lease
 from konductor._primitives._runtime import DEFAULT_TTL
 from konductor._primitives._validate import Duration
 from konductor._store._base import Store
+from konductor._typing import ExcInfo
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -492,12 +493,7 @@ class SyncClient:
     def __enter__(self) -> SyncClient:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: *ExcInfo) -> None:
         self.close()
 
     def __del__(self) -> None:  # a forgotten client must not keep a thread alive

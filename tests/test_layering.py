@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, set[str], tuple[str, ...]]] = [
             "konductor._names",
             "konductor._backoff",
             "konductor._lifecycle",
+            "konductor._typing",
         },
         (),
     ),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
 from typing import Any
 
 from konductor._names import validate_name
@@ -32,6 +31,7 @@ from konductor._store._objects import (
     version_newer,
 )
 from konductor._store._watch import ResumableWatch
+from konductor._typing import ExcInfo
 
 # Re-exported: the rest of konductor imports these from here.
 __all__ = (
@@ -185,10 +185,5 @@ class Store(abc.ABC):
     async def __aenter__(self) -> Store:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: *ExcInfo) -> None:
         await self.close()

@@ -46,7 +46,6 @@ its own connections to the store.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from types import TracebackType
 from typing import Any
 
 try:
@@ -62,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 
 from konductor import Client, InvalidArgument, SyncClient, validate_name
 from konductor import _integration as check
-from konductor._integration import DEFAULT_TTL, Duration
+from konductor._integration import DEFAULT_TTL, Duration, ExcInfo
 from konductor.integrations._sqlalchemy._async_core import AsyncCore
 from konductor.integrations._sqlalchemy._pool import install
 from konductor.integrations._sqlalchemy._slots import Mode, Settings, StoreSource
@@ -275,12 +274,7 @@ class CoordinatedEngine:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: *ExcInfo) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -406,12 +400,7 @@ class AsyncCoordinatedEngine:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: *ExcInfo) -> None:
         await self.close()
 
     def __repr__(self) -> str:

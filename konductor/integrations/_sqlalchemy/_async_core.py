@@ -124,22 +124,15 @@ class AsyncCore(Core):
 
     async def _run(self, plan: Generator[plans.Step, Handle | None, T]) -> T:
         """Drive ``plan``: each request it yields, awaited on the async Client."""
-        s, client = self.s, self.client()
-        result: Handle | None = None
-        failure: KonductorError | None = None
-        while True:
-            try:
-                step = plan.send(result) if failure is None else plan.throw(failure)
-            except StopIteration as done:
-                return cast(T, done.value)
-            result = failure = None
+        s, client, run = self.s, self.client(), plans.Run(plan)
+        while (step := run.next()) is not None:
             try:
                 if isinstance(step, plans.Try):
-                    result = await client.try_acquire_semaphore(
+                    run.result = await client.try_acquire_semaphore(
                         s.semaphore, step.permits, count=step.count, ttl=s.ttl
                     )
                 elif isinstance(step, plans.Wait):
-                    result = await client.acquire_semaphore(
+                    run.result = await client.acquire_semaphore(
                         s.semaphore,
                         step.permits,
                         count=step.count,
@@ -150,7 +143,8 @@ class AsyncCore(Core):
                     with contextlib.suppress(KonductorError):
                         await permit_of(step.handle).release()
             except KonductorError as exc:
-                failure = exc
+                run.failure = exc
+        return cast(T, run.value)
 
     # -- background -------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from konductor import InvalidArgument, KonductorError
 from konductor.integrations._sqlalchemy._slots import Core, Handle, permit_of
@@ -47,6 +48,26 @@ class Release:
 
 Step = Try | Wait | Release
 Plan = Generator[Step, Handle | None, Handle | None]
+T = TypeVar("T")
+
+
+class Run(Generic[T]):
+    """A plan being driven: ``next()`` gives each request until it returns ``None``,
+    the driver sets ``result`` (or ``failure``) after each, and ``value`` at the end."""
+
+    def __init__(self, plan: Generator[Step, Handle | None, T]) -> None:
+        self._plan = plan
+        self.result: Handle | None = None
+        self.failure: KonductorError | None = None
+        self.value: T | None = None
+
+    def next(self) -> Step | None:
+        result, failure, self.result, self.failure = self.result, self.failure, None, None
+        try:
+            return self._plan.send(result) if failure is None else self._plan.throw(failure)
+        except StopIteration as done:
+            self.value = done.value
+            return None
 
 
 def reserve(core: Core) -> Generator[Step, Handle | None, Handle]:

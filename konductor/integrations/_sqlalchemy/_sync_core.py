@@ -112,22 +112,15 @@ class SyncCore(Core):
 
     def _run(self, plan: Generator[plans.Step, Handle | None, T]) -> T:
         """Drive ``plan``: each request it yields, made on the SyncClient, blocking."""
-        s, client = self.s, self.client()
-        result: Handle | None = None
-        failure: KonductorError | None = None
-        while True:
-            try:
-                step = plan.send(result) if failure is None else plan.throw(failure)
-            except StopIteration as done:
-                return cast(T, done.value)
-            result = failure = None
+        s, client, run = self.s, self.client(), plans.Run(plan)
+        while (step := run.next()) is not None:
             try:
                 if isinstance(step, plans.Try):
-                    result = client.try_acquire_semaphore(
+                    run.result = client.try_acquire_semaphore(
                         s.semaphore, step.permits, count=step.count, ttl=s.ttl
                     )
                 elif isinstance(step, plans.Wait):
-                    result = client.acquire_semaphore(
+                    run.result = client.acquire_semaphore(
                         s.semaphore,
                         step.permits,
                         count=step.count,
@@ -137,7 +130,8 @@ class SyncCore(Core):
                 else:
                     _release_sync(step.handle)
             except KonductorError as exc:
-                failure = exc
+                run.failure = exc
+        return cast(T, run.value)
 
     # -- background -------------------------------------------------------------------
 
