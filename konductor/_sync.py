@@ -140,12 +140,26 @@ def _twin(call: Callable[..., Any], method: Callable[..., Any], returns: str) ->
     )
 
 
+def _fits(method: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], None]:
+    """A check that a call's arguments fit ``method``: a wrong call raises TypeError in
+    the caller's thread, before the client starts, as a hand-written method would."""
+    signature = inspect.signature(method)
+
+    def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        signature.bind(None, *args, **kwargs)
+
+    return bind
+
+
 def _blocking(
     method: Callable[Concatenate[Any, P], Awaitable[R]],
 ) -> Callable[Concatenate[SyncClient, P], R]:
     """``Client.x(...)`` awaited on the loop thread; the caller blocks for its result."""
 
+    fits = _fits(method)
+
     def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        fits(args, kwargs)
         return self._call(lambda: method(self._async(), *args, **kwargs))
 
     _twin(call, method, inspect.signature(method).return_annotation)
@@ -157,7 +171,10 @@ def _granting(
 ) -> Callable[Concatenate[SyncClient, P], SyncGrant[G]]:
     """An acquisition: the grant it returns, wrapped for blocking code."""
 
+    fits = _fits(method)
+
     def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> SyncGrant[G]:
+        fits(args, kwargs)
         return SyncGrant(self._call(lambda: method(self._async(), *args, **kwargs)), self)
 
     _twin(call, method, f"SyncGrant[{inspect.signature(method).return_annotation}]")
@@ -169,7 +186,10 @@ def _trying(
 ) -> Callable[Concatenate[SyncClient, P], SyncGrant[G] | None]:
     """A ``try_acquire_*``: the grant wrapped for blocking code, or ``None``."""
 
+    fits = _fits(method)
+
     def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> SyncGrant[G] | None:
+        fits(args, kwargs)
         grant = self._call(lambda: method(self._async(), *args, **kwargs))
         return None if grant is None else SyncGrant(grant, self)
 
@@ -184,7 +204,10 @@ def _guarding(
     """A guard for ``with``: the async guard is built (and its arguments checked) on
     the loop thread when the block is entered, as ``async with`` does on entry."""
 
+    fits = _fits(method)
+
     def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> SyncGuard[G]:
+        fits(args, kwargs)
         return SyncGuard(self, lambda client: method(client, *args, **kwargs))
 
     returned = str(inspect.signature(method).return_annotation)

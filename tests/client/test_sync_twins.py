@@ -149,3 +149,20 @@ def test_sync_campaign_leads_again_after_losing_the_lease(tmp_path: Path) -> Non
     assert result == ["second term"]
     assert len(calls) == 2
     # (No token comparison: deleting the Lease restarted its leaseTransitions.)
+
+
+def test_a_wrong_call_raises_type_error_at_once_without_starting_the_client() -> None:
+    def no_store() -> LocalStore:
+        raise AssertionError("the client must not start for a call that cannot bind")
+
+    client = SyncClient(no_store)
+    with pytest.raises(TypeError):
+        client.gate_status()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        client.semaphore("sem", bogus=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        client.try_acquire_mutex("m", 15)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        client.acquire_lease()  # type: ignore[call-arg]
+    assert client._portal is None  # nothing started
+    client.close()
