@@ -107,7 +107,8 @@ def _around(
             if isinstance(client, SyncClient):
                 raise InvalidArgument(
                     f"{wrapped.__qualname__} is async but was decorated with a SyncClient; "
-                    "pass a konductor.Client (or no client)"
+                    "pass a konductor.Client (or no client)",
+                    argument="client",
                 )
 
             async def call_async() -> Any:
@@ -121,7 +122,8 @@ def _around(
         if isinstance(client, Client):
             raise InvalidArgument(
                 f"{wrapped.__qualname__} is not async but was decorated with an async "
-                "konductor.Client; pass a konductor.SyncClient (or no client)"
+                "konductor.Client; pass a konductor.SyncClient (or no client)",
+                argument="client",
             )
         return sync_around(client or default_sync_client(), lambda: wrapped(*args, **kwargs))
 

@@ -447,7 +447,9 @@ class SyncClient:
             whatever ``leader_fn`` raises, except the ``LeaseLost`` of its lease.
         """
         if not callable(leader_fn):
-            raise InvalidArgument(f"leader_fn must be a function, got {leader_fn!r}")
+            raise InvalidArgument(
+                f"leader_fn must be a function, got {leader_fn!r}", argument="leader_fn"
+            )
         backoff = Backoff(initial=0.1, cap=5.0)
         while True:
             try:

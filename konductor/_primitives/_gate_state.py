@@ -89,19 +89,22 @@ def _one(value: ConditionLike) -> GateCondition:
         if extra:
             raise InvalidArgument(
                 f"gate condition {dict(value)!r} has unknown keys {sorted(extra)}; "
-                "a condition is {'type': 'Barrier'|'Once'|'Job', 'name': ...}"
+                "a condition is {'type': 'Barrier'|'Once'|'Job', 'name': ...}",
+                argument="conditions",
             )
     elif isinstance(value, tuple) and len(value) == 2:
         type_, name = value
     else:
         raise InvalidArgument(
             f"a gate condition is a GateCondition or a mapping "
-            f"{{'type': 'Barrier'|'Once'|'Job', 'name': ...}}, got {value!r}"
+            f"{{'type': 'Barrier'|'Once'|'Job', 'name': ...}}, got {value!r}",
+            argument="conditions",
         )
     canonical = _BY_LOWER.get(type_.lower()) if isinstance(type_, str) else None
     if canonical is None:
         raise InvalidArgument(
-            f"gate condition type must be one of {', '.join(TYPES)}, got {type_!r}"
+            f"gate condition type must be one of {', '.join(TYPES)}, got {type_!r}",
+            argument="conditions",
         )
     # validate_name checks at run time what the types only promise (a str).
     return GateCondition(
@@ -118,7 +121,8 @@ def parse_conditions(value: Conditions) -> tuple[GateCondition, ...]:
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
         raise InvalidArgument(
             f"conditions must be a list of gate conditions, got {value!r}; "
-            "e.g. [GateCondition.barrier('all-ready'), GateCondition.job('migrate')]"
+            "e.g. [GateCondition.barrier('all-ready'), GateCondition.job('migrate')]",
+            argument="conditions",
         )
     out: list[GateCondition] = []
     for item in value:
@@ -126,7 +130,9 @@ def parse_conditions(value: Conditions) -> tuple[GateCondition, ...]:
         if cond not in out:
             out.append(cond)
     if len(out) > MAX_CONDITIONS:
-        raise InvalidArgument(f"conditions: at most {MAX_CONDITIONS} per gate, got {len(out)}")
+        raise InvalidArgument(
+            f"conditions: at most {MAX_CONDITIONS} per gate, got {len(out)}", argument="conditions"
+        )
     return tuple(out)
 
 

@@ -428,14 +428,16 @@ def _check_leader_fn(leader_fn: Callable[[Lease], Awaitable[T]]) -> None:
     """
     if not callable(leader_fn):
         raise InvalidArgument(
-            f"leader_fn must be an async function taking the Lease, got {leader_fn!r}"
+            f"leader_fn must be an async function taking the Lease, got {leader_fn!r}",
+            argument="leader_fn",
         )
     call = getattr(leader_fn, "__call__", None)  # noqa: B004 - an async __call__ counts
     if not (inspect.iscoroutinefunction(leader_fn) or inspect.iscoroutinefunction(call)):
         raise InvalidArgument(
             f"leader_fn must be an async function (async def leader_fn(lease): ...), got the "
             f"sync callable {leader_fn!r}; wrap sync work in an async function "
-            "(e.g. with asyncio.to_thread)"
+            "(e.g. with asyncio.to_thread)",
+            argument="leader_fn",
         )
     try:
         signature = inspect.signature(leader_fn)
@@ -446,7 +448,8 @@ def _check_leader_fn(leader_fn: Callable[[Lease], Awaitable[T]]) -> None:
     except TypeError as exc:
         raise InvalidArgument(
             f"leader_fn must accept exactly one argument, the Lease; {leader_fn!r} "
-            f"takes {signature}: {exc}"
+            f"takes {signature}: {exc}",
+            argument="leader_fn",
         ) from exc
 
 

@@ -100,7 +100,8 @@ async def _call(fn: Callable[[], Awaitable[T]]) -> T:
     if not inspect.isawaitable(result):
         raise InvalidArgument(
             f"once: fn must be an async callable taking no arguments; it returned "
-            f"{type(result).__name__} (pass functools.partial(f, *args) for arguments)"
+            f"{type(result).__name__} (pass functools.partial(f, *args) for arguments)",
+            argument="fn",
         )
     return await result
 

@@ -28,7 +28,8 @@ class Runtime:
         if not isinstance(identity, str) or not 1 <= len(identity) <= MAX_IDENTITY:
             raise InvalidArgument(
                 f"identity must be a string of 1 to {MAX_IDENTITY} characters, got "
-                f"{identity!r:.80}; the default (pod name + pid + random suffix) always fits"
+                f"{identity!r:.80}; the default (pod name + pid + random suffix) always fits",
+                argument="identity",
             )
         self._store = store
         self.clock = clock

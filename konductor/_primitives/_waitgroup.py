@@ -74,7 +74,7 @@ class _WaitGroup:
             obj = await self.hub.current()
             if obj is None:
                 if delta < 0:
-                    raise InvalidArgument(self._negative(0, delta, missing=True))
+                    raise InvalidArgument(self._negative(0, delta, missing=True), argument="delta")
                 try:
                     self.hub.observe(await self.rt.store.create(WAITGROUP, self.name, {}))
                 except AlreadyExists:
@@ -85,7 +85,9 @@ class _WaitGroup:
             except NotFound:  # deleted meanwhile: start again from a missing group
                 continue
             if outcome.rejected:
-                raise InvalidArgument(self._negative(outcome.count, delta, missing=False))
+                raise InvalidArgument(
+                    self._negative(outcome.count, delta, missing=False), argument="delta"
+                )
             return outcome.count
 
     def _negative(self, count: int, delta: int, *, missing: bool) -> str:

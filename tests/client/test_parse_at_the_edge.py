@@ -73,6 +73,26 @@ def test_the_async_client_checks_before_any_api_call() -> None:
     asyncio.run(main())
 
 
+def test_the_clients_own_checks_name_their_argument_too() -> None:
+    async def main() -> None:
+        async with Client(MemoryStore()) as client:
+            failures = {
+                "kind": client.delete("semaphores", "x"),
+                "conditions": client.create_gate("g", conditions=[{"type": "Nope", "name": "a"}]),
+                "leader_fn": client.campaign("l", lambda lease: None),  # type: ignore[arg-type,return-value]
+                "delta": client.waitgroup_add("w", True),
+            }
+            for argument, call in failures.items():
+                with pytest.raises(InvalidArgument) as raised:
+                    await call
+                assert raised.value.argument == argument
+        with pytest.raises(InvalidArgument) as raised:
+            Client(MemoryStore(), namespace="other")
+        assert raised.value.argument == "namespace"
+
+    asyncio.run(main())
+
+
 def test_the_argument_survives_pickling() -> None:
     # Celery sends a task's exception to the caller pickled.
     exc = pickle.loads(pickle.dumps(InvalidArgument("ttl must be positive", argument="ttl")))
