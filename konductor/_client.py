@@ -72,7 +72,8 @@ class Client(
             from konductor._errors import InvalidArgument
 
             raise InvalidArgument(
-                f"namespace={namespace!r} differs from the store's namespace {store.namespace!r}"
+                f"namespace={namespace!r} differs from the store's namespace {store.namespace!r}",
+                argument="namespace",
             )
         self.store = store
         self.identity = identity or default_identity()
@@ -115,7 +116,8 @@ class Client(
         if found is None:
             raise InvalidArgument(
                 f"kind={kind!r} is not a konductor primitive; use one of: "
-                + ", ".join(PRIMITIVE_KINDS)
+                + ", ".join(PRIMITIVE_KINDS),
+                argument="kind",
             )
         await self._rt.store.delete(found, validate_name(name))
 

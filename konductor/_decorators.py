@@ -22,6 +22,8 @@ from konductor._names import validate_name
 from konductor._primitives import _validate as check
 from konductor._primitives._grant import Guarded
 from konductor._primitives._runtime import DEFAULT_TTL
+from konductor._primitives._semaphore import SemaphoreRequest
+from konductor._primitives._validate import Duration
 from konductor._sync import SyncClient, SyncGuard
 
 P = ParamSpec("P")
@@ -47,11 +49,8 @@ def guard_decorator(
     return _around(async_around, sync_around, client)
 
 
-def _checked(name: str, ttl: object, timeout: object) -> None:
-    # Bad arguments fail at decoration time, not at the first call.
-    validate_name(name)
-    check.ttl(ttl)
-    check.timeout(timeout)
+# Bad arguments fail at decoration time, not at the first call: each decorator
+# parses them once and hands the parsed values to the client's method.
 
 
 def with_semaphore(
@@ -59,24 +58,27 @@ def with_semaphore(
     permits: int | None = None,
     *,
     count: int = 1,
-    ttl: object = DEFAULT_TTL,
-    timeout: object = None,
+    ttl: Duration = DEFAULT_TTL,
+    timeout: Duration | None = None,
+    priority: int = 0,
     client: Client | SyncClient | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Hold ``count`` permits of semaphore ``name`` while the function runs.
 
+    ``priority`` (-100..100, higher first) orders the waiters, as for
+    ``Client.semaphore``.
+
     Raises (at decoration): InvalidArgument / InvalidName for bad arguments.
     Raises (per call): AcquireTimeout, SemaphoreLost (see ``Client.semaphore``).
     """
-    _checked(name, ttl, timeout)
-    if permits is not None:
-        check.positive_int(permits, "permits")
-    check.positive_int(count, "count")
-    if permits is not None and count > permits:
-        raise InvalidArgument(f"count={count} is more than permits={permits}")
+    r = SemaphoreRequest.parse(name, permits, count, ttl, timeout, priority)
     return guard_decorator(
-        lambda c: c.semaphore(name, permits, count=count, ttl=ttl, timeout=timeout),
-        lambda c: c.semaphore(name, permits, count=count, ttl=ttl, timeout=timeout),
+        lambda c: c.semaphore(
+            r.name, r.permits, count=r.count, ttl=r.ttl, timeout=r.timeout, priority=r.priority
+        ),
+        lambda c: c.semaphore(
+            r.name, r.permits, count=r.count, ttl=r.ttl, timeout=r.timeout, priority=r.priority
+        ),
         client,
     )
 
@@ -84,18 +86,21 @@ def with_semaphore(
 def with_mutex(
     name: str,
     *,
-    ttl: object = DEFAULT_TTL,
-    timeout: object = None,
+    ttl: Duration = DEFAULT_TTL,
+    timeout: Duration | None = None,
+    priority: int = 0,
     client: Client | SyncClient | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Hold mutex ``name`` while the function runs (exclusive, first come first served).
+    """Hold mutex ``name`` while the function runs (exclusive, by ``priority``, then
+    first come first served).
 
     Raises (per call): AcquireTimeout, MutexLost (see ``Client.mutex``).
     """
-    _checked(name, ttl, timeout)
+    name, parsed, wait = validate_name(name), check.ttl(ttl), check.timeout(timeout)
+    rank = check.priority(priority)
     return guard_decorator(
-        lambda c: c.mutex(name, ttl=ttl, timeout=timeout),
-        lambda c: c.mutex(name, ttl=ttl, timeout=timeout),
+        lambda c: c.mutex(name, ttl=parsed, timeout=wait, priority=rank),
+        lambda c: c.mutex(name, ttl=parsed, timeout=wait, priority=rank),
         client,
     )
 
@@ -113,7 +118,8 @@ def _around(
             if isinstance(client, SyncClient):
                 raise InvalidArgument(
                     f"{wrapped.__qualname__} is async but was decorated with a SyncClient; "
-                    "pass a konductor.Client (or no client)"
+                    "pass a konductor.Client (or no client)",
+                    argument="client",
                 )
 
             async def call_async() -> Any:
@@ -127,7 +133,8 @@ def _around(
         if isinstance(client, Client):
             raise InvalidArgument(
                 f"{wrapped.__qualname__} is not async but was decorated with an async "
-                "konductor.Client; pass a konductor.SyncClient (or no client)"
+                "konductor.Client; pass a konductor.SyncClient (or no client)",
+                argument="client",
             )
         return sync_around(client or default_sync_client(), lambda: wrapped(*args, **kwargs))
 
@@ -137,8 +144,8 @@ def _around(
 def with_lease(
     name: str,
     *,
-    ttl: object = DEFAULT_TTL,
-    timeout: object = None,
+    ttl: Duration = DEFAULT_TTL,
+    timeout: Duration | None = None,
     client: Client | SyncClient | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Run the function only while holding leadership of Lease ``name``.
@@ -148,10 +155,10 @@ def with_lease(
 
     Raises (per call): AcquireTimeout, LeaseLost (see ``Client.lease``).
     """
-    _checked(name, ttl, timeout)
+    name, parsed, wait = validate_name(name), check.ttl(ttl), check.timeout(timeout)
     return guard_decorator(
-        lambda c: c.lease(name, ttl=ttl, timeout=timeout),
-        lambda c: c.lease(name, ttl=ttl, timeout=timeout),
+        lambda c: c.lease(name, ttl=parsed, timeout=wait),
+        lambda c: c.lease(name, ttl=parsed, timeout=wait),
         client,
     )
 
@@ -159,8 +166,8 @@ def with_lease(
 def once(
     name: str,
     *,
-    ttl: object = DEFAULT_TTL,
-    timeout: object = None,
+    ttl: Duration = DEFAULT_TTL,
+    timeout: Duration | None = None,
     client: Client | SyncClient | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
     """Run the function once cluster-wide under the name ``name``.
@@ -172,13 +179,13 @@ def once(
     Raises (per call): OnceFailed (another runner's attempt failed while we
     waited), WaitTimeout, LostError.
     """
-    _checked(name, ttl, timeout)
+    name, parsed, wait = validate_name(name), check.ttl(ttl), check.timeout(timeout)
 
     async def async_around(c: Client, thunk: Callable[[], Awaitable[Any]]) -> Any:
-        return await c.once(name, thunk, ttl=ttl, timeout=timeout)
+        return await c.once(name, thunk, ttl=parsed, timeout=wait)
 
     def sync_around(c: SyncClient, thunk: Callable[[], Any]) -> Any:
-        return c.once(name, thunk, ttl=ttl, timeout=timeout)
+        return c.once(name, thunk, ttl=parsed, timeout=wait)
 
     return cast(
         Callable[[Callable[P, R]], Callable[P, R | None]],
@@ -190,7 +197,7 @@ def barrier(
     name: str,
     expected: int | None = None,
     *,
-    timeout: object = None,
+    timeout: Duration | None = None,
     party: str | None = None,
     client: Client | SyncClient | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -199,17 +206,16 @@ def barrier(
     Raises (per call): WaitTimeout (the barrier did not open in time), NotFound
     (missing barrier and no ``expected``).
     """
-    validate_name(name)
-    check.timeout(timeout)
+    name, wait = validate_name(name), check.timeout(timeout)
     if expected is not None:
         check.positive_int(expected, "expected")
 
     async def async_around(c: Client, thunk: Callable[[], Awaitable[Any]]) -> Any:
-        await c.arrive_and_wait(name, expected, party=party, timeout=timeout)
+        await c.arrive_and_wait(name, expected, party=party, timeout=wait)
         return await thunk()
 
     def sync_around(c: SyncClient, thunk: Callable[[], Any]) -> Any:
-        c.arrive_and_wait(name, expected, party=party, timeout=timeout)
+        c.arrive_and_wait(name, expected, party=party, timeout=wait)
         return thunk()
 
     return _around(async_around, sync_around, client)

@@ -22,13 +22,15 @@ from konductor._sync import SyncClient
 
 
 @dataclass(frozen=True)
-class _Settings:
+class Settings:
+    """What :func:`configure` set: the default clients are built from it."""
+
     store: Store | Callable[[], Store] | None = None
     namespace: str | None = None
     identity: str | None = None
 
 
-_settings = _Settings()
+_settings = Settings()
 _lock = threading.Lock()
 # Each loop's client, and the async generator that closes it at the loop's shutdown.
 _async: weakref.WeakKeyDictionary[
@@ -53,7 +55,7 @@ def configure(
     """
     global _settings, _sync
     with _lock:
-        _settings = _Settings(store, namespace, identity)
+        _settings = Settings(store, namespace, identity)
         # Clients dropped here may still be in use by running coroutines: keep
         # their closers alive, so each closes when its own loop shuts down.
         _retired.extend(entry for _, entry in _async.items())
@@ -61,6 +63,11 @@ def configure(
         old, _sync = _sync, None
     if old is not None:
         old.close()
+
+
+def settings() -> Settings:
+    """What :func:`configure` last set (adapters build their own clients from it)."""
+    return _settings
 
 
 def _store() -> Store | None:

@@ -69,7 +69,16 @@ class KonductorError(Exception):
 
 
 class InvalidArgument(KonductorError, ValueError):
-    """An argument is out of range or malformed; raised before any API call."""
+    """An argument is out of range or malformed; raised before any API call.
+
+    ``argument`` names the parameter at fault (``"ttl"``, ``"permits"``, ...)
+    when the check knows it, so a front end (the CLI) can point at its own
+    option without rewriting the message; ``None`` otherwise.
+    """
+
+    def __init__(self, message: str = "", *, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 class InvalidName(InvalidArgument):

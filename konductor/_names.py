@@ -21,7 +21,7 @@ RULE = (
 )
 
 
-def validate_name(name: object, *, what: str = "name") -> str:
+def validate_name(name: str, *, what: str = "name") -> str:
     """Return ``name`` if it is a valid DNS-1123 subdomain.
 
     Raises:
@@ -29,22 +29,26 @@ def validate_name(name: object, *, what: str = "name") -> str:
             characters, or contains characters the rule forbids.
     """
     if not isinstance(name, str):
-        raise InvalidName(f"{what} must be a string, got {type(name).__name__}; {RULE}")
+        raise InvalidName(
+            f"{what} must be a string, got {type(name).__name__}; {RULE}", argument=what
+        )
     if not name:
-        raise InvalidName(f"{what} must not be empty; {RULE}")
+        raise InvalidName(f"{what} must not be empty; {RULE}", argument=what)
     if len(name) > _MAX_LEN:
-        raise InvalidName(f"{what} {name[:40]!r}... is {len(name)} characters long; {RULE}")
+        raise InvalidName(
+            f"{what} {name[:40]!r}... is {len(name)} characters long; {RULE}", argument=what
+        )
     if not _DNS1123_SUBDOMAIN.fullmatch(name):
         hint = (
             f" (try {name.lower()!r})"
             if name.lower() != name and _DNS1123_SUBDOMAIN.fullmatch(name.lower())
             else ""
         )
-        raise InvalidName(f"invalid {what} {name!r}{hint}: {RULE}")
+        raise InvalidName(f"invalid {what} {name!r}{hint}: {RULE}", argument=what)
     return name
 
 
-def validate_namespace(namespace: object) -> str:
+def validate_namespace(namespace: str) -> str:
     """Return ``namespace`` if it is a valid namespace name (a DNS-1123 label).
 
     Raises:
@@ -52,10 +56,11 @@ def validate_namespace(namespace: object) -> str:
     """
     if not isinstance(namespace, str):
         raise InvalidName(
-            f"namespace must be a string, got {type(namespace).__name__}; {NAMESPACE_RULE}"
+            f"namespace must be a string, got {type(namespace).__name__}; {NAMESPACE_RULE}",
+            argument="namespace",
         )
     if not namespace:
-        raise InvalidName(f"namespace must not be empty; {NAMESPACE_RULE}")
+        raise InvalidName(f"namespace must not be empty; {NAMESPACE_RULE}", argument="namespace")
     if len(namespace) > 63 or not _DNS1123_LABEL.fullmatch(namespace):
         lower = namespace.lower()
         hint = (
@@ -64,7 +69,9 @@ def validate_namespace(namespace: object) -> str:
             else ""
         )
         shown = namespace if len(namespace) <= 70 else namespace[:40] + "..."
-        raise InvalidName(f"invalid namespace {shown!r}{hint}: {NAMESPACE_RULE}")
+        raise InvalidName(
+            f"invalid namespace {shown!r}{hint}: {NAMESPACE_RULE}", argument="namespace"
+        )
     return namespace
 
 

@@ -31,7 +31,6 @@ import asyncio
 import contextvars
 import functools
 import logging
-import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
     from konductor._primitives._grant import Grant
     from konductor._primitives._hub import Hub
     from konductor._primitives._renewal import Entry
-    from konductor._primitives._runtime import Runtime
     from konductor._store._base import Store
     from konductor._store._kinds import Kind
 
@@ -423,19 +421,6 @@ def operation(what: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Aw
         return run
 
     return decorate
-
-
-def runtime_started(rt: Runtime) -> None:
-    """A client's runtime was made: on a Kubernetes store, Events are recorded (unless off).
-
-    ``konductor._store._kubernetes`` not imported means the store cannot be one,
-    so nothing Kubernetes-related is imported here for other stores.
-    """
-    module = sys.modules.get("konductor._store._kubernetes")
-    if module is not None and isinstance(rt._store, module.KubernetesStore):
-        from konductor._kube import _events
-
-        _events.enable_for(rt._store)
 
 
 # -- the logging observer (always installed) --------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import threading
@@ -27,8 +28,9 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
+from konductor import _lifecycle as lifecycle
 from konductor._admin import SyncAdmin
 from konductor._backoff import Backoff
 from konductor._client import Client
@@ -40,18 +42,16 @@ from konductor._errors import (
     LeaseLost,
     StoreUnavailable,
 )
-from konductor._primitives._barrier import BarrierInfo
-from konductor._primitives._gate import Conditions, GateInfo
 from konductor._primitives._grant import Grant, Guarded
 from konductor._primitives._lease import Lease
-from konductor._primitives._mutex import Lock
-from konductor._primitives._once import OnceStatus
 from konductor._primitives._runtime import DEFAULT_TTL
-from konductor._primitives._semaphore import Permit
-from konductor._primitives._waitgroup import WaitGroupInfo
+from konductor._primitives._validate import Duration
 from konductor._store._base import Store
+from konductor._typing import ExcInfo
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 log = logging.getLogger("konductor")
 G = TypeVar("G", bound=Grant)
 StoreSource = Store | Callable[[], Store] | None
@@ -105,12 +105,8 @@ def _after_fork_in_child() -> None:
 def _close_at_exit() -> None:
     """Release what this process's SyncClients still hold when the interpreter exits.
 
-    Registered with ``threading._register_atexit`` after concurrent.futures'
-    own hook, so it runs before the interpreter stops its thread pools (those
-    hooks run in reverse order): a plain ``atexit`` hook runs after, too
-    late for the network calls a release needs (the Kubernetes client resolves
-    proxy settings on a worker thread). Bounded: what is not released within a
-    few seconds simply expires after its TTL.
+    Bounded: what is not released within a few seconds simply expires after
+    its TTL. (When it runs, and why then: :mod:`konductor._lifecycle`.)
     """
     for client in list(_clients):
         if client._portal is not None and client._portal_pid == os.getpid():
@@ -119,15 +115,105 @@ def _close_at_exit() -> None:
                 client.close(timeout=5)
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-if hasattr(threading, "_register_atexit"):
-    # These hooks run in reverse order of registration, and thread pools are
-    # stopped by concurrent.futures' own hook: import it first so that ours is
-    # registered after it and runs before it.
-    import concurrent.futures.thread  # noqa: F401
+lifecycle.on_fork_in_child(_after_fork_in_child)
+lifecycle.on_exit(_close_at_exit)
 
-    threading._register_atexit(_close_at_exit)
+
+# -- the bridge: each SyncClient method is derived from its async twin -----------------
+#
+# One typed wrapper per shape of result (a plain value, a grant, a grant or None, a
+# guard), in the spirit of anyio's BlockingPortal: the async method keeps its own
+# signature (ParamSpec), so a twin cannot drift from it; nothing is re-declared.
+
+
+def _twin(call: Callable[..., Any], method: Callable[..., Any], returns: str) -> None:
+    """Name ``call`` after ``method``, with its signature and docstring (for help())."""
+    call.__name__ = method.__name__
+    call.__qualname__ = f"SyncClient.{method.__name__}"
+    call.__module__ = __name__
+    call.__doc__ = (
+        f"The blocking twin of :meth:`Client.{method.__name__}` (same arguments; "
+        f"returns {returns}).\n\n" + inspect.cleandoc(method.__doc__ or "")
+    )
+    call.__wrapped__ = method  # type: ignore[attr-defined]
+    call.__signature__ = inspect.signature(method).replace(  # type: ignore[attr-defined]
+        return_annotation=returns
+    )
+
+
+def _fits(method: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], None]:
+    """A check that a call's arguments fit ``method``: a wrong call raises TypeError in
+    the caller's thread, before the client starts, as a hand-written method would."""
+    signature = inspect.signature(method)
+
+    def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        signature.bind(None, *args, **kwargs)
+
+    return bind
+
+
+def _blocking(
+    method: Callable[Concatenate[Any, P], Awaitable[R]],
+) -> Callable[Concatenate[SyncClient, P], R]:
+    """``Client.x(...)`` awaited on the loop thread; the caller blocks for its result."""
+
+    fits = _fits(method)
+
+    def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        fits(args, kwargs)
+        return self._call(lambda: method(self._async(), *args, **kwargs))
+
+    _twin(call, method, inspect.signature(method).return_annotation)
+    return call
+
+
+def _granting(
+    method: Callable[Concatenate[Any, P], Awaitable[G]],
+) -> Callable[Concatenate[SyncClient, P], SyncGrant[G]]:
+    """An acquisition: the grant it returns, wrapped for blocking code."""
+
+    fits = _fits(method)
+
+    def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> SyncGrant[G]:
+        fits(args, kwargs)
+        return SyncGrant(self._call(lambda: method(self._async(), *args, **kwargs)), self)
+
+    _twin(call, method, f"SyncGrant[{inspect.signature(method).return_annotation}]")
+    return call
+
+
+def _trying(
+    method: Callable[Concatenate[Any, P], Awaitable[G | None]],
+) -> Callable[Concatenate[SyncClient, P], SyncGrant[G] | None]:
+    """A ``try_acquire_*``: the grant wrapped for blocking code, or ``None``."""
+
+    fits = _fits(method)
+
+    def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> SyncGrant[G] | None:
+        fits(args, kwargs)
+        grant = self._call(lambda: method(self._async(), *args, **kwargs))
+        return None if grant is None else SyncGrant(grant, self)
+
+    returned = str(inspect.signature(method).return_annotation).removesuffix(" | None")
+    _twin(call, method, f"SyncGrant[{returned}] | None")
+    return call
+
+
+def _guarding(
+    method: Callable[Concatenate[Any, P], Guarded[G]],
+) -> Callable[Concatenate[SyncClient, P], SyncGuard[G]]:
+    """A guard for ``with``: the async guard is built (and its arguments checked) on
+    the loop thread when the block is entered, as ``async with`` does on entry."""
+
+    fits = _fits(method)
+
+    def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> SyncGuard[G]:
+        fits(args, kwargs)
+        return SyncGuard(self, lambda client: method(client, *args, **kwargs))
+
+    returned = str(inspect.signature(method).return_annotation)
+    _twin(call, method, returned.replace("Guarded[", "SyncGuard[", 1))
+    return call
 
 
 class SyncGrant(Generic[G]):
@@ -170,6 +256,11 @@ class SyncGrant(Generic[G]):
 class SyncGuard(Generic[G]):
     """``with``: obtain, release on exit; the exit raises if the grant was lost.
 
+    It drives the async :class:`Guarded` of the same call: the guard's own
+    acquisition runs on the client's loop, and its exit rule decides what a
+    lost grant raises. Synchronous code cannot be cancelled, so the block runs
+    to its end and the exit raises.
+
     Raises (on exit):
         LostError subclass: the grant was lost while the block ran.
     """
@@ -199,10 +290,7 @@ class SyncGuard(Generic[G]):
         try:
             held.release()
         finally:
-            if held.is_lost:
-                raise held.grant.lost_error(
-                    f"{held.grant._describe()} was lost while held: {held.grant.lost_reason}"
-                ) from exc
+            Guarded.raise_if_lost(held.grant, exc)
 
 
 class SyncClient:
@@ -301,126 +389,53 @@ class SyncClient:
         """The blocking twin of :attr:`Client.admin` (see :class:`konductor.SyncAdmin`)."""
         return SyncAdmin(self._call, lambda: self._async().admin)
 
-    # -- semaphore --------------------------------------------------------------------
+    # -- the async client's methods, derived (see _blocking, _granting, _trying, _guarding)
 
-    def semaphore(
-        self,
-        name: str,
-        permits: int | None = None,
-        *,
-        count: int = 1,
-        ttl: object = DEFAULT_TTL,
-        timeout: object = None,
-    ) -> SyncGuard[Permit]:
-        """``with client.semaphore("payments-api", permits=3) as permit:`` (see Client)."""
-        return SyncGuard(
-            self, lambda c: c.semaphore(name, permits, count=count, ttl=ttl, timeout=timeout)
-        )
+    semaphore = _guarding(Client.semaphore)
+    acquire_semaphore = _granting(Client.acquire_semaphore)
+    try_acquire_semaphore = _trying(Client.try_acquire_semaphore)
 
-    def acquire_semaphore(
-        self,
-        name: str,
-        permits: int | None = None,
-        *,
-        count: int = 1,
-        ttl: object = DEFAULT_TTL,
-        timeout: object = None,
-    ) -> SyncGrant[Permit]:
-        """Acquire and return the permit; call ``permit.release()`` (see Client)."""
-        return SyncGrant(
-            self._call(
-                lambda: self._async().acquire_semaphore(
-                    name, permits, count=count, ttl=ttl, timeout=timeout
-                )
-            ),
-            self,
-        )
+    mutex = _guarding(Client.mutex)
+    read_lock = _guarding(Client.read_lock)
+    write_lock = _guarding(Client.write_lock)
+    acquire_mutex = _granting(Client.acquire_mutex)
+    try_acquire_mutex = _trying(Client.try_acquire_mutex)
+    acquire_read_lock = _granting(Client.acquire_read_lock)
+    acquire_write_lock = _granting(Client.acquire_write_lock)
 
-    def try_acquire_semaphore(
-        self, name: str, permits: int | None = None, *, count: int = 1, ttl: object = DEFAULT_TTL
-    ) -> SyncGrant[Permit] | None:
-        """A permit if one is free and nobody is queued ahead, else ``None``."""
-        permit = self._call(
-            lambda: self._async().try_acquire_semaphore(name, permits, count=count, ttl=ttl)
-        )
-        return None if permit is None else SyncGrant(permit, self)
+    lease = _guarding(Client.lease)
+    acquire_lease = _granting(Client.acquire_lease)
+    try_acquire_lease = _trying(Client.try_acquire_lease)
 
-    # -- mutex and rwmutex ------------------------------------------------------------
+    once_status = _blocking(Client.once_status)
+    reset_once = _blocking(Client.reset_once)
 
-    def mutex(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
-    ) -> SyncGuard[Lock]:
-        """``with client.mutex("reindex") as lock:`` (see Client)."""
-        return SyncGuard(self, lambda c: c.mutex(name, ttl=ttl, timeout=timeout))
+    arrive_barrier = _blocking(Client.arrive_barrier)
+    wait_barrier = _blocking(Client.wait_barrier)
+    arrive_and_wait = _blocking(Client.arrive_and_wait)
+    barrier_status = _blocking(Client.barrier_status)
 
-    def read_lock(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
-    ) -> SyncGuard[Lock]:
-        """``with client.read_lock("config"):`` (see Client)."""
-        return SyncGuard(self, lambda c: c.read_lock(name, ttl=ttl, timeout=timeout))
+    create_gate = _blocking(Client.create_gate)
+    open_gate = _blocking(Client.open_gate)
+    close_gate = _blocking(Client.close_gate)
+    wait_gate = _blocking(Client.wait_gate)
+    gate_status = _blocking(Client.gate_status)
 
-    def write_lock(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
-    ) -> SyncGuard[Lock]:
-        """``with client.write_lock("config"):`` (see Client)."""
-        return SyncGuard(self, lambda c: c.write_lock(name, ttl=ttl, timeout=timeout))
+    waitgroup_add = _blocking(Client.waitgroup_add)
+    waitgroup_done = _blocking(Client.waitgroup_done)
+    waitgroup_wait = _blocking(Client.waitgroup_wait)
+    waitgroup_status = _blocking(Client.waitgroup_status)
 
-    def acquire_mutex(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
-    ) -> SyncGrant[Lock]:
-        return SyncGrant(
-            self._call(lambda: self._async().acquire_mutex(name, ttl=ttl, timeout=timeout)), self
-        )
+    delete = _blocking(Client.delete)
 
-    def try_acquire_mutex(self, name: str, *, ttl: object = DEFAULT_TTL) -> SyncGrant[Lock] | None:
-        lock = self._call(lambda: self._async().try_acquire_mutex(name, ttl=ttl))
-        return None if lock is None else SyncGrant(lock, self)
-
-    def acquire_read_lock(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
-    ) -> SyncGrant[Lock]:
-        return SyncGrant(
-            self._call(lambda: self._async().acquire_read_lock(name, ttl=ttl, timeout=timeout)),
-            self,
-        )
-
-    def acquire_write_lock(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
-    ) -> SyncGrant[Lock]:
-        return SyncGrant(
-            self._call(lambda: self._async().acquire_write_lock(name, ttl=ttl, timeout=timeout)),
-            self,
-        )
-
-    # -- lease ------------------------------------------------------------------------
-
-    def lease(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
-    ) -> SyncGuard[Lease]:
-        """``with client.lease("scheduler") as lease:`` hold leadership (see Client).
-
-        Synchronous code cannot be interrupted: check ``lease.ensure_held()``
-        between steps; the ``with`` exit raises ``LeaseLost`` after a loss.
-        """
-        return SyncGuard(self, lambda c: c.lease(name, ttl=ttl, timeout=timeout))
-
-    def acquire_lease(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
-    ) -> SyncGrant[Lease]:
-        return SyncGrant(
-            self._call(lambda: self._async().acquire_lease(name, ttl=ttl, timeout=timeout)), self
-        )
-
-    def try_acquire_lease(self, name: str, *, ttl: object = DEFAULT_TTL) -> SyncGrant[Lease] | None:
-        lease = self._call(lambda: self._async().try_acquire_lease(name, ttl=ttl))
-        return None if lease is None else SyncGrant(lease, self)
+    # -- the two methods that take a callback: blocking code runs differently ------------
 
     def campaign(
         self,
         name: str,
         leader_fn: Callable[[SyncGrant[Lease]], T],
         *,
-        ttl: object = DEFAULT_TTL,
+        ttl: Duration = DEFAULT_TTL,
     ) -> T:
         """Keep trying to lead; run the blocking ``leader_fn(lease)`` while this process leads.
 
@@ -438,7 +453,9 @@ class SyncClient:
             whatever ``leader_fn`` raises, except the ``LeaseLost`` of its lease.
         """
         if not callable(leader_fn):
-            raise InvalidArgument(f"leader_fn must be a function, got {leader_fn!r}")
+            raise InvalidArgument(
+                f"leader_fn must be a function, got {leader_fn!r}", argument="leader_fn"
+            )
         backoff = Backoff(initial=0.1, cap=5.0)
         while True:
             try:
@@ -469,8 +486,8 @@ class SyncClient:
         name: str,
         fn: Callable[[], T],
         *,
-        ttl: object = DEFAULT_TTL,
-        timeout: object = None,
+        ttl: Duration = DEFAULT_TTL,
+        timeout: Duration | None = None,
     ) -> T | None:
         """Run the blocking ``fn`` once cluster-wide (see ``Client.once``).
 
@@ -484,78 +501,6 @@ class SyncClient:
             return await asyncio.to_thread(fn)
 
         return self._call(lambda: self._async().once(name, run, ttl=ttl, timeout=timeout))
-
-    def once_status(self, name: str) -> OnceStatus:
-        return self._call(lambda: self._async().once_status(name))
-
-    def reset_once(self, name: str, *, force: bool = False) -> OnceStatus:
-        return self._call(lambda: self._async().reset_once(name, force=force))
-
-    # -- barrier ----------------------------------------------------------------------
-
-    def arrive_barrier(
-        self, name: str, expected: int | None = None, *, party: str | None = None
-    ) -> BarrierInfo:
-        return self._call(lambda: self._async().arrive_barrier(name, expected, party=party))
-
-    def wait_barrier(self, name: str, *, timeout: object = None) -> BarrierInfo:
-        return self._call(lambda: self._async().wait_barrier(name, timeout=timeout))
-
-    def arrive_and_wait(
-        self,
-        name: str,
-        expected: int | None = None,
-        *,
-        party: str | None = None,
-        timeout: object = None,
-    ) -> BarrierInfo:
-        return self._call(
-            lambda: self._async().arrive_and_wait(name, expected, party=party, timeout=timeout)
-        )
-
-    def barrier_status(self, name: str) -> BarrierInfo:
-        return self._call(lambda: self._async().barrier_status(name))
-
-    # -- gate -------------------------------------------------------------------------
-
-    def create_gate(self, name: str, *, conditions: Conditions | None = None) -> GateInfo:
-        return self._call(lambda: self._async().create_gate(name, conditions=conditions))
-
-    def open_gate(self, name: str) -> None:
-        self._call(lambda: self._async().open_gate(name))
-
-    def close_gate(self, name: str) -> None:
-        self._call(lambda: self._async().close_gate(name))
-
-    def wait_gate(
-        self, name: str, *, conditions: Conditions | None = None, timeout: object = None
-    ) -> GateInfo:
-        return self._call(
-            lambda: self._async().wait_gate(name, conditions=conditions, timeout=timeout)
-        )
-
-    def gate_status(self, name: str) -> GateInfo:
-        return self._call(lambda: self._async().gate_status(name))
-
-    # -- wait group -------------------------------------------------------------------
-
-    def waitgroup_add(self, name: str, delta: int = 1) -> int:
-        return self._call(lambda: self._async().waitgroup_add(name, delta))
-
-    def waitgroup_done(self, name: str) -> int:
-        return self._call(lambda: self._async().waitgroup_done(name))
-
-    def waitgroup_wait(self, name: str, *, timeout: object = None) -> WaitGroupInfo:
-        return self._call(lambda: self._async().waitgroup_wait(name, timeout=timeout))
-
-    def waitgroup_status(self, name: str) -> WaitGroupInfo:
-        return self._call(lambda: self._async().waitgroup_status(name))
-
-    # -- any primitive ----------------------------------------------------------------
-
-    def delete(self, kind: str, name: str) -> None:
-        """Delete the object of primitive ``kind`` named ``name`` (see ``Client.delete``)."""
-        self._call(lambda: self._async().delete(kind, name))
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -579,7 +524,7 @@ class SyncClient:
     def __enter__(self) -> SyncClient:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: *ExcInfo) -> None:
         self.close()
 
     def __del__(self) -> None:  # a forgotten client must not keep a thread alive

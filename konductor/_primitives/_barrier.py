@@ -26,6 +26,7 @@ from konductor._primitives._clock import micro_time
 from konductor._primitives._hub import Hub, entries_of
 from konductor._primitives._parse import Where
 from konductor._primitives._runtime import HasRuntime, Runtime
+from konductor._primitives._validate import Duration
 from konductor._primitives._waiting import deadline_of, update_fresh, watch_until
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import BARRIER
@@ -199,22 +200,22 @@ class _Barrier:
         return info_of(self.name, obj)
 
 
-def _party(rt: Runtime, party: object) -> str:
+def _party(rt: Runtime, party: str | None) -> str:
     if party is None:
         return rt.identity
     if not isinstance(party, str) or not party or len(party) > _MAX_PARTY:
         raise InvalidArgument(
             f"party must be a non-empty string of at most {_MAX_PARTY} characters "
-            f"(e.g. 'worker-3'), got {party!r}"
+            f"(e.g. 'worker-3'), got {party!r}",
+            argument="party",
         )
     return party
 
 
-def _make(rt: Runtime, name: str, expected: object) -> _Barrier:
+def _make(rt: Runtime, name: str, expected: int | None) -> _Barrier:
     validate_name(name)
     if expected is not None:
         check.positive_int(expected, "expected", maximum=MAX_PARTIES)
-    assert expected is None or isinstance(expected, int)
     return _Barrier(rt, name, expected)
 
 
@@ -240,7 +241,7 @@ class BarrierMethods(HasRuntime):
         barrier = _make(self._rt, name, expected)
         return await barrier.arrive(_party(self._rt, party))
 
-    async def wait_barrier(self, name: str, *, timeout: object = None) -> BarrierInfo:
+    async def wait_barrier(self, name: str, *, timeout: Duration | None = None) -> BarrierInfo:
         """Wait until barrier ``name`` is open (all expected parties arrived).
 
         Waits for the barrier to be created if it does not exist yet. Writes
@@ -262,7 +263,7 @@ class BarrierMethods(HasRuntime):
         expected: int | None = None,
         *,
         party: str | None = None,
-        timeout: object = None,
+        timeout: Duration | None = None,
     ) -> BarrierInfo:
         """:meth:`arrive_barrier`, then :meth:`wait_barrier`.
 

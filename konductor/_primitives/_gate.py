@@ -24,10 +24,11 @@ from konductor._primitives import _gate_state as state
 from konductor._primitives import _validate as check
 from konductor._primitives._barrier import barrier_hub
 from konductor._primitives._clock import micro_time
-from konductor._primitives._gate_state import GateCondition
+from konductor._primitives._gate_state import Conditions, GateCondition
 from konductor._primitives._hub import Hub, entries_of
 from konductor._primitives._parse import Where
 from konductor._primitives._runtime import HasRuntime, Runtime
+from konductor._primitives._validate import Duration
 from konductor._primitives._waiting import deadline_of, expired, update_fresh, wait_any
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import GATE, JOB, ONCE
@@ -40,8 +41,6 @@ _NO_ENTRIES = entries_of()
 # made here first, with no entries, would hide that claim from it, so gate
 # waiters observe Onces through hubs of their own.
 _ONCE_OBSERVERS: weakref.WeakKeyDictionary[Runtime, dict[str, Hub]] = weakref.WeakKeyDictionary()
-
-Conditions = object  # an iterable of GateCondition / {"type", "name"} mappings
 
 
 @dataclass(frozen=True)
@@ -259,7 +258,7 @@ class GateMethods(HasRuntime):
         await _Gate(self._rt, name).set_flag(False)
 
     async def wait_gate(
-        self, name: str, *, conditions: Conditions | None = None, timeout: object = None
+        self, name: str, *, conditions: Conditions | None = None, timeout: Duration | None = None
     ) -> GateInfo:
         """Wait until gate ``name`` is open: opened by hand, or all its conditions met.
 

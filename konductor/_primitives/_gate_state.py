@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from konductor import _limits as limits
 from konductor._errors import InvalidArgument
@@ -71,9 +71,16 @@ class GateCondition:
         return f"{self.type} {self.name!r}"
 
 
-def _one(value: object) -> GateCondition:
-    type_: object
-    name: object
+ConditionLike: TypeAlias = "GateCondition | Mapping[str, str] | tuple[str, str]"
+"""One gate condition as a caller may give it (parsed by :func:`parse_conditions`)."""
+
+Conditions: TypeAlias = "Iterable[ConditionLike]"
+"""A gate's conditions as a caller may give them: a list of :data:`ConditionLike`."""
+
+
+def _one(value: ConditionLike) -> GateCondition:
+    type_: str | None
+    name: str | None
     if isinstance(value, GateCondition):
         type_, name = value.type, value.name
     elif isinstance(value, Mapping):
@@ -82,26 +89,30 @@ def _one(value: object) -> GateCondition:
         if extra:
             raise InvalidArgument(
                 f"gate condition {dict(value)!r} has unknown keys {sorted(extra)}; "
-                "a condition is {'type': 'Barrier'|'Once'|'Job', 'name': ...}"
+                "a condition is {'type': 'Barrier'|'Once'|'Job', 'name': ...}",
+                argument="conditions",
             )
     elif isinstance(value, tuple) and len(value) == 2:
         type_, name = value
     else:
         raise InvalidArgument(
             f"a gate condition is a GateCondition or a mapping "
-            f"{{'type': 'Barrier'|'Once'|'Job', 'name': ...}}, got {value!r}"
+            f"{{'type': 'Barrier'|'Once'|'Job', 'name': ...}}, got {value!r}",
+            argument="conditions",
         )
     canonical = _BY_LOWER.get(type_.lower()) if isinstance(type_, str) else None
     if canonical is None:
         raise InvalidArgument(
-            f"gate condition type must be one of {', '.join(TYPES)}, got {type_!r}"
+            f"gate condition type must be one of {', '.join(TYPES)}, got {type_!r}",
+            argument="conditions",
         )
-    validate_name(name, what=f"{canonical} condition name")
-    assert isinstance(name, str)
-    return GateCondition(canonical, name)
+    # validate_name checks at run time what the types only promise (a str).
+    return GateCondition(
+        canonical, validate_name(cast(str, name), what=f"{canonical} condition name")
+    )
 
 
-def parse_conditions(value: object) -> tuple[GateCondition, ...]:
+def parse_conditions(value: Conditions) -> tuple[GateCondition, ...]:
     """Validate conditions given by a caller, before any API call.
 
     Raises:
@@ -110,7 +121,8 @@ def parse_conditions(value: object) -> tuple[GateCondition, ...]:
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
         raise InvalidArgument(
             f"conditions must be a list of gate conditions, got {value!r}; "
-            "e.g. [GateCondition.barrier('all-ready'), GateCondition.job('migrate')]"
+            "e.g. [GateCondition.barrier('all-ready'), GateCondition.job('migrate')]",
+            argument="conditions",
         )
     out: list[GateCondition] = []
     for item in value:
@@ -118,7 +130,9 @@ def parse_conditions(value: object) -> tuple[GateCondition, ...]:
         if cond not in out:
             out.append(cond)
     if len(out) > MAX_CONDITIONS:
-        raise InvalidArgument(f"conditions: at most {MAX_CONDITIONS} per gate, got {len(out)}")
+        raise InvalidArgument(
+            f"conditions: at most {MAX_CONDITIONS} per gate, got {len(out)}", argument="conditions"
+        )
     return tuple(out)
 
 

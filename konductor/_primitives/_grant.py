@@ -54,15 +54,27 @@ class Grant:
     def lost_reason(self) -> str | None:
         return self._entry.lost_reason
 
-    def _describe(self) -> str:
+    def when_lost(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` on the client's event loop if the grant is lost.
+
+        For adapters that must act at once (close database connections), not
+        at the next ``ensure_held()``. The callback must not block the loop.
+        """
+        self._entry.on_lost.append(callback)
+
+    def describe(self) -> str:
+        """What is held, for messages: ``permit on semaphore 'payments-api' (token 7)``."""
         return f"{self.what} {self.name!r} (token {self.token})"
+
+    # The CLI still calls the old name; remove once it uses describe() (issue 17).
+    _describe = describe
 
     def ensure_held(self) -> None:
         """Raise the primitive's :class:`LostError` if the grant was lost or released."""
         if self._entry.lost_reason is not None:
-            raise self.lost_error(f"{self._describe()} was lost: {self._entry.lost_reason}")
+            raise self.lost_error(f"{self.describe()} was lost: {self._entry.lost_reason}")
         if self.released:
-            raise self.lost_error(f"{self._describe()} was released")
+            raise self.lost_error(f"{self.describe()} was released")
 
     async def release(self) -> None:
         """Give the grant back. Idempotent; never raises for a grant already gone.
@@ -81,7 +93,7 @@ class Grant:
         self.released = True
         observe.released(self)
         if self.is_lost:
-            in_background(self._release(self._entry), self._describe())
+            in_background(self._release(self._entry), self.describe())
             return
         await self._release(self._entry)
 
@@ -117,7 +129,7 @@ class Guarded(Generic[G]):
     """
 
     def __init__(self, obtain: Callable[[], Awaitable[G]]) -> None:
-        self.obtain = obtain  # the unguarded acquisition (the sync facade guards on its own)
+        self.obtain = obtain  # the unguarded acquisition (SyncGuard drives it from its thread)
         self._grant: G | None = None
         self._task: asyncio.Task[Any] | None = None
         self._cancelled_by_us = False
@@ -149,11 +161,19 @@ class Guarded(Generic[G]):
         try:
             await asyncio.shield(grant.release())
         except Exception:
-            log.warning("could not release %s; it expires after its TTL", grant._describe())
+            log.warning("could not release %s; it expires after its TTL", grant.describe())
+        if grant.is_lost and self._cancelled_by_us and self._task is not None:
+            self._task.uncancel()
+        self.raise_if_lost(grant, exc, "; the guarded block was cancelled")
+
+    @staticmethod
+    def raise_if_lost(grant: Grant, cause: BaseException | None, consequence: str = "") -> None:
+        """The exit rule of every guard, async or sync: a lost grant is never silent.
+
+        Raises:
+            LostError subclass: ``grant`` was lost while held (chained to ``cause``).
+        """
         if grant.is_lost:
-            if self._cancelled_by_us and self._task is not None:
-                self._task.uncancel()
             raise grant.lost_error(
-                f"{grant._describe()} was lost while held: {grant.lost_reason}; "
-                "the guarded block was cancelled"
-            ) from exc
+                f"{grant.describe()} was lost while held: {grant.lost_reason}{consequence}"
+            ) from cause

@@ -50,6 +50,7 @@ from konductor._primitives._grant import Grant, Guarded
 from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
 from konductor._primitives._renewal import OWN_DEADLINE, Entry, SendRecord
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
+from konductor._primitives._validate import Duration
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import LEASE
 
@@ -83,14 +84,18 @@ class Lease(Grant):
         return f"<Lease {self.name!r} holder={self.holder!r} token={self.token}>"
 
 
+class _Owner:
+    """One acquisition's claim on a :class:`_LocalSlot` (compared by identity)."""
+
+
 class _LocalSlot:
     """At most one acquisition or grant per (client, lease) at a time."""
 
     def __init__(self) -> None:
-        self.owner: object | None = None
+        self.owner: _Owner | None = None
         self._freed = asyncio.Event()
 
-    def free(self, owner: object) -> None:
+    def free(self, owner: _Owner) -> None:
         if self.owner is owner:
             self.owner = None
             freed, self._freed = self._freed, asyncio.Event()
@@ -115,7 +120,7 @@ class _LeaseSite:
         if slot is None:
             slot = _SLOTS[self.hub] = _LocalSlot()
         self.slot = slot
-        self._held: dict[Entry, tuple[object, int]] = {}  # grant -> (slot owner, token)
+        self._held: dict[Entry, tuple[_Owner, int]] = {}  # grant -> (slot owner, token)
 
     def _wall(self) -> str:
         return micro_time(self.rt.clock.wall())
@@ -144,7 +149,7 @@ class _LeaseSite:
             return "held by another task of this client"
         return f"held by {rec.holder!r}, leaseDurationSeconds={rec.duration}"
 
-    async def _take_slot(self, owner: object, deadline: float | None, blocking: bool) -> bool:
+    async def _take_slot(self, owner: _Owner, deadline: float | None, blocking: bool) -> bool:
         clock = self.rt.clock
         while self.slot.owner is not None:
             if not blocking:
@@ -166,7 +171,7 @@ class _LeaseSite:
         """
         clock = self.rt.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
-        owner = object()
+        owner = _Owner()
         if not await self._take_slot(owner, deadline, blocking):
             if not blocking:
                 return None
@@ -260,7 +265,7 @@ class _LeaseSite:
             if not granted:
                 self.slot.free(owner)
 
-    def _grant(self, owner: object, token: int, sent_at: float) -> Lease:
+    def _grant(self, owner: _Owner, token: int, sent_at: float) -> Lease:
         identity, duration, name = self.rt.identity, self.duration, self.name
 
         def renew(spec: JSON, ids: set[str], wall: str) -> tuple[JSON | None, set[str]]:
@@ -323,7 +328,7 @@ class _LeaseSite:
             self.slot.free(owner)
 
 
-def _site(rt: Runtime, name: str, ttl: object) -> _LeaseSite:
+def _site(rt: Runtime, name: str, ttl: Duration) -> _LeaseSite:
     validate_name(name)
     return _LeaseSite(rt, name, state.duration_of(check.ttl(ttl)))
 
@@ -338,7 +343,7 @@ class LeaseMethods(HasRuntime):
     """The lease and leader-election methods of :class:`konductor.Client`."""
 
     def lease(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+        self, name: str, *, ttl: Duration = DEFAULT_TTL, timeout: Duration | None = None
     ) -> Guarded[Lease]:
         """``async with client.lease("scheduler", ttl=15) as lease:`` hold leadership.
 
@@ -357,7 +362,7 @@ class LeaseMethods(HasRuntime):
         return Guarded(lambda: _obtain(site, wait))
 
     async def acquire_lease(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+        self, name: str, *, ttl: Duration = DEFAULT_TTL, timeout: Duration | None = None
     ) -> Lease:
         """Wait for leadership and return the :class:`Lease`; call ``await lease.release()``.
 
@@ -368,7 +373,7 @@ class LeaseMethods(HasRuntime):
         site = _site(self._rt, name, ttl)
         return await _obtain(site, check.timeout(timeout))
 
-    async def try_acquire_lease(self, name: str, *, ttl: object = DEFAULT_TTL) -> Lease | None:
+    async def try_acquire_lease(self, name: str, *, ttl: Duration = DEFAULT_TTL) -> Lease | None:
         """The lease if nobody holds it (or its holder has expired), else ``None`` (no wait).
 
         A Lease whose holder this client has only just seen cannot have expired
@@ -381,7 +386,7 @@ class LeaseMethods(HasRuntime):
         name: str,
         leader_fn: Callable[[Lease], Awaitable[T]],
         *,
-        ttl: object = DEFAULT_TTL,
+        ttl: Duration = DEFAULT_TTL,
     ) -> T:
         """Keep trying to lead; run ``await leader_fn(lease)`` while this client leads.
 
@@ -427,14 +432,16 @@ def _check_leader_fn(leader_fn: Callable[[Lease], Awaitable[T]]) -> None:
     """
     if not callable(leader_fn):
         raise InvalidArgument(
-            f"leader_fn must be an async function taking the Lease, got {leader_fn!r}"
+            f"leader_fn must be an async function taking the Lease, got {leader_fn!r}",
+            argument="leader_fn",
         )
     call = getattr(leader_fn, "__call__", None)  # noqa: B004 - an async __call__ counts
     if not (inspect.iscoroutinefunction(leader_fn) or inspect.iscoroutinefunction(call)):
         raise InvalidArgument(
             f"leader_fn must be an async function (async def leader_fn(lease): ...), got the "
             f"sync callable {leader_fn!r}; wrap sync work in an async function "
-            "(e.g. with asyncio.to_thread)"
+            "(e.g. with asyncio.to_thread)",
+            argument="leader_fn",
         )
     try:
         signature = inspect.signature(leader_fn)
@@ -445,7 +452,8 @@ def _check_leader_fn(leader_fn: Callable[[Lease], Awaitable[T]]) -> None:
     except TypeError as exc:
         raise InvalidArgument(
             f"leader_fn must accept exactly one argument, the Lease; {leader_fn!r} "
-            f"takes {signature}: {exc}"
+            f"takes {signature}: {exc}",
+            argument="leader_fn",
         ) from exc
 
 

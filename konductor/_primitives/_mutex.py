@@ -16,6 +16,7 @@ from konductor._primitives._grant import Grant, Guarded
 from konductor._primitives._queued import Queued
 from konductor._primitives._renewal import Entry
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
+from konductor._primitives._validate import Duration, Ttl
 from konductor._store._base import JSON
 from konductor._store._kinds import MUTEX, RWMUTEX
 
@@ -35,8 +36,7 @@ class Lock(Grant):
         return f"<Lock {self.name!r} mode={self.mode} token={self.token}>"
 
 
-def _engine(rt: Runtime, name: str, mode: str, ttl: object, priority: int = 0) -> Queued[Lock]:
-    validate_name(name)
+def _engine(rt: Runtime, name: str, mode: str, ttl: Ttl, priority: int = 0) -> Queued[Lock]:
     exclusive = mode == state.EXCLUSIVE
     return Queued(
         rt,
@@ -45,11 +45,11 @@ def _engine(rt: Runtime, name: str, mode: str, ttl: object, priority: int = 0) -
         state.MUTEX if exclusive else state.RWMUTEX,
         Lock,
         count=1,
-        ttl=check.ttl(ttl),
+        ttl=ttl,
         mode=mode,
         create_spec={},
         noun="mutex" if exclusive else "rwmutex",
-        priority=check.priority(priority),
+        priority=priority,
     )
 
 
@@ -63,9 +63,11 @@ class MutexMethods(HasRuntime):
     """The mutex and read-write mutex methods of :class:`konductor.Client`."""
 
     def _lock(
-        self, name: str, mode: str, ttl: object, timeout: object, priority: int = 0
+        self, name: str, mode: str, ttl: Duration, timeout: Duration | None, priority: int = 0
     ) -> Guarded[Lock]:
-        engine = _engine(self._rt, name, mode, ttl, priority)
+        engine = _engine(
+            self._rt, validate_name(name), mode, check.ttl(ttl), check.priority(priority)
+        )
         wait = check.timeout(timeout)
         return Guarded(lambda: _obtain(engine, wait))
 
@@ -73,8 +75,8 @@ class MutexMethods(HasRuntime):
         self,
         name: str,
         *,
-        ttl: object = DEFAULT_TTL,
-        timeout: object = None,
+        ttl: Duration = DEFAULT_TTL,
+        timeout: Duration | None = None,
         priority: int = 0,
     ) -> Guarded[Lock]:
         """``async with client.mutex("reindex") as lock:``: exclusive, first come first served.
@@ -91,7 +93,7 @@ class MutexMethods(HasRuntime):
         return self._lock(name, state.EXCLUSIVE, ttl, timeout, priority)
 
     def read_lock(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+        self, name: str, *, ttl: Duration = DEFAULT_TTL, timeout: Duration | None = None
     ) -> Guarded[Lock]:
         """``async with client.read_lock("config"):`` shared with other readers.
 
@@ -103,7 +105,7 @@ class MutexMethods(HasRuntime):
         return self._lock(name, state.READ, ttl, timeout)
 
     def write_lock(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+        self, name: str, *, ttl: Duration = DEFAULT_TTL, timeout: Duration | None = None
     ) -> Guarded[Lock]:
         """``async with client.write_lock("config"):`` exclusive of readers and writers.
 
@@ -116,26 +118,35 @@ class MutexMethods(HasRuntime):
         self,
         name: str,
         *,
-        ttl: object = DEFAULT_TTL,
-        timeout: object = None,
+        ttl: Duration = DEFAULT_TTL,
+        timeout: Duration | None = None,
         priority: int = 0,
     ) -> Lock:
         """Lock and return the :class:`Lock`; call ``await lock.release()``."""
-        engine = _engine(self._rt, name, state.EXCLUSIVE, ttl, priority)
+        engine = _engine(
+            self._rt,
+            validate_name(name),
+            state.EXCLUSIVE,
+            check.ttl(ttl),
+            check.priority(priority),
+        )
         return await _obtain(engine, check.timeout(timeout))
 
-    async def try_acquire_mutex(self, name: str, *, ttl: object = DEFAULT_TTL) -> Lock | None:
+    async def try_acquire_mutex(self, name: str, *, ttl: Duration = DEFAULT_TTL) -> Lock | None:
         """The lock if it is free and nobody is queued, else ``None`` (no wait, no ticket)."""
-        return await _engine(self._rt, name, state.EXCLUSIVE, ttl).acquire(0, blocking=False)
+        engine = _engine(self._rt, validate_name(name), state.EXCLUSIVE, check.ttl(ttl))
+        return await engine.acquire(0, blocking=False)
 
     async def acquire_read_lock(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+        self, name: str, *, ttl: Duration = DEFAULT_TTL, timeout: Duration | None = None
     ) -> Lock:
         """A read lock on the rwmutex; call ``await lock.release()``."""
-        return await _obtain(_engine(self._rt, name, state.READ, ttl), check.timeout(timeout))
+        engine = _engine(self._rt, validate_name(name), state.READ, check.ttl(ttl))
+        return await _obtain(engine, check.timeout(timeout))
 
     async def acquire_write_lock(
-        self, name: str, *, ttl: object = DEFAULT_TTL, timeout: object = None
+        self, name: str, *, ttl: Duration = DEFAULT_TTL, timeout: Duration | None = None
     ) -> Lock:
         """A write lock on the rwmutex; call ``await lock.release()``."""
-        return await _obtain(_engine(self._rt, name, state.WRITE, ttl), check.timeout(timeout))
+        engine = _engine(self._rt, validate_name(name), state.WRITE, check.ttl(ttl))
+        return await _obtain(engine, check.timeout(timeout))

@@ -41,6 +41,7 @@ from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
 from konductor._primitives._parse import Where
 from konductor._primitives._renewal import NEVER, Entry
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
+from konductor._primitives._validate import Duration
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import ONCE
 
@@ -100,7 +101,8 @@ async def _call(fn: Callable[[], Awaitable[T]]) -> T:
     if not inspect.isawaitable(result):
         raise InvalidArgument(
             f"once: fn must be an async callable taking no arguments; it returned "
-            f"{type(result).__name__} (pass functools.partial(f, *args) for arguments)"
+            f"{type(result).__name__} (pass functools.partial(f, *args) for arguments)",
+            argument="fn",
         )
     return await result
 
@@ -356,7 +358,7 @@ class _Once:
         return _status_of(self.name, before)
 
 
-def make(rt: Runtime, name: str, ttl: object) -> _Once:
+def make(rt: Runtime, name: str, ttl: Duration) -> _Once:
     validate_name(name)
     return _Once(rt, name, check.ttl(ttl))
 
@@ -371,8 +373,8 @@ class OnceMethods(HasRuntime):
         name: str,
         fn: Callable[[], Awaitable[T]],
         *,
-        ttl: object = DEFAULT_TTL,
-        timeout: object = None,
+        ttl: Duration = DEFAULT_TTL,
+        timeout: Duration | None = None,
     ) -> T | None:
         """Run ``fn`` once cluster-wide: ``await client.once("migrate-db", migrate)``.
 

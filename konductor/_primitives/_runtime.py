@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from konductor import _observe as observe
+import sys
+
 from konductor._errors import ClientClosed, InvalidArgument
 from konductor._limits import MAX_IDENTITY
 from konductor._primitives._clock import Clock
@@ -12,6 +13,19 @@ from konductor._store._base import Store
 from konductor._store._kinds import Kind
 
 DEFAULT_TTL = 15.0
+
+
+def _record_events(store: Store) -> None:
+    """On a Kubernetes store, record Kubernetes Events for rare transitions (unless off).
+
+    ``konductor._store._kubernetes`` not imported means the store cannot be one,
+    so nothing Kubernetes-related is imported here for other stores.
+    """
+    module = sys.modules.get("konductor._store._kubernetes")
+    if module is not None and isinstance(store, module.KubernetesStore):
+        from konductor._kube import _events
+
+        _events.enable_for(store)
 
 
 class HasRuntime:
@@ -29,7 +43,8 @@ class Runtime:
         if not isinstance(identity, str) or not 1 <= len(identity) <= MAX_IDENTITY:
             raise InvalidArgument(
                 f"identity must be a string of 1 to {MAX_IDENTITY} characters, got "
-                f"{identity!r:.80}; the default (pod name + pid + random suffix) always fits"
+                f"{identity!r:.80}; the default (pod name + pid + random suffix) always fits",
+                argument="identity",
             )
         self._store = store
         self.clock = clock
@@ -37,7 +52,7 @@ class Runtime:
         self.renewer = Renewer(clock)
         self._hubs: dict[tuple[Kind, str], Hub] = {}
         self.closed = False
-        observe.runtime_started(self)
+        _record_events(store)
 
     @property
     def store(self) -> Store:

@@ -9,6 +9,7 @@ of it applies to new grants at once (existing holders are never revoked).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from konductor._errors import InvalidArgument, SemaphoreLost
 from konductor._limits import MAX_PERMITS
@@ -20,6 +21,7 @@ from konductor._primitives._parse import Where
 from konductor._primitives._queued import Queued
 from konductor._primitives._renewal import Entry
 from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
+from konductor._primitives._validate import Duration, Ttl
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import SEMAPHORE
 
@@ -46,17 +48,43 @@ class Permit(Grant):
         return f"<Permit {self.name!r} count={self.count} token={self.token}>"
 
 
-def make(
-    rt: Runtime, name: str, permits: int | None, count: int, ttl: object, priority: int = 0
-) -> Queued[Permit]:
-    """A semaphore acquisition site, after checking every argument (no API call)."""
-    validate_name(name)
-    if permits is not None:
-        check.positive_int(permits, "permits", maximum=MAX_PERMITS)
-    check.positive_int(count, "count", maximum=MAX_PERMITS)
+@dataclass(frozen=True)
+class SemaphoreRequest:
+    """A semaphore request, parsed once at the entry point (method, decorator, adapter)."""
+
+    name: str
+    permits: int | None
+    count: int
+    ttl: Ttl
+    timeout: float | None
+    priority: int = 0
+
+    @classmethod
+    def parse(
+        cls,
+        name: str,
+        permits: int | None,
+        count: int,
+        ttl: Duration,
+        timeout: Duration | None = None,
+        priority: int = 0,
+    ) -> SemaphoreRequest:
+        """Raises: InvalidArgument / InvalidName: an argument is malformed or out of range
+        (``count`` above ``permits`` included); ``argument`` names it."""
+        validate_name(name)
+        if permits is not None:
+            check.positive_int(permits, "permits", maximum=MAX_PERMITS)
+        check.positive_int(count, "count", maximum=MAX_PERMITS)
+        check.count_within(count, permits)
+        return cls(
+            name, permits, count, check.ttl(ttl), check.timeout(timeout), check.priority(priority)
+        )
+
+
+def make(rt: Runtime, request: SemaphoreRequest) -> Queued[Permit]:
+    """A semaphore acquisition site for a parsed request (no API call)."""
+    name, permits, count = request.name, request.permits, request.count
     obj_namespace = rt.store.namespace
-    if permits is not None and count > permits:
-        raise InvalidArgument(f"count={count} is more than permits={permits}")
 
     def check_spec(obj: StoredObject) -> None:
         cluster_permits = state.permits_of(obj.spec, Where(SEMAPHORE, name, obj_namespace))
@@ -72,7 +100,8 @@ def make(
         if count > cluster_permits:
             raise InvalidArgument(
                 f"count={count} can never be granted: semaphore {name!r} has only "
-                f"{cluster_permits} permits"
+                f"{cluster_permits} permits",
+                argument="count",
             )
 
     return Queued(
@@ -82,12 +111,12 @@ def make(
         state.SEMAPHORE,
         Permit,
         count=count,
-        ttl=check.ttl(ttl),
+        ttl=request.ttl,
         create_spec=None if permits is None else {"permits": permits},
         missing_hint="pass permits=N to create it",
         check=check_spec,
         noun="semaphore",
-        priority=check.priority(priority),
+        priority=request.priority,
     )
 
 
@@ -102,8 +131,8 @@ class SemaphoreMethods(HasRuntime):
         permits: int | None = None,
         *,
         count: int = 1,
-        ttl: object = DEFAULT_TTL,
-        timeout: object = None,
+        ttl: Duration = DEFAULT_TTL,
+        timeout: Duration | None = None,
         priority: int = 0,
     ) -> Guarded[Permit]:
         """``async with client.semaphore("payments-api", permits=3) as permit:``.
@@ -119,11 +148,11 @@ class SemaphoreMethods(HasRuntime):
             SemaphoreLost: (on exit) the permit was lost while the body ran;
                 the body was cancelled.
         """
-        sem = make(self._rt, name, permits, count, ttl, priority)
-        wait = check.timeout(timeout)
+        request = SemaphoreRequest.parse(name, permits, count, ttl, timeout, priority)
+        sem = make(self._rt, request)
 
         async def obtain() -> Permit:
-            permit = await sem.acquire(wait)
+            permit = await sem.acquire(request.timeout)
             assert permit is not None
             return permit
 
@@ -135,8 +164,8 @@ class SemaphoreMethods(HasRuntime):
         permits: int | None = None,
         *,
         count: int = 1,
-        ttl: object = DEFAULT_TTL,
-        timeout: object = None,
+        ttl: Duration = DEFAULT_TTL,
+        timeout: Duration | None = None,
         priority: int = 0,
     ) -> Permit:
         """Acquire and return a :class:`Permit`; call ``await permit.release()``.
@@ -145,8 +174,8 @@ class SemaphoreMethods(HasRuntime):
             InvalidArgument / InvalidName: bad arguments, before any API call.
             AcquireTimeout: no permit within ``timeout`` seconds.
         """
-        sem = make(self._rt, name, permits, count, ttl, priority)
-        permit = await sem.acquire(check.timeout(timeout))
+        request = SemaphoreRequest.parse(name, permits, count, ttl, timeout, priority)
+        permit = await make(self._rt, request).acquire(request.timeout)
         assert permit is not None
         return permit
 
@@ -156,8 +185,8 @@ class SemaphoreMethods(HasRuntime):
         permits: int | None = None,
         *,
         count: int = 1,
-        ttl: object = DEFAULT_TTL,
+        ttl: Duration = DEFAULT_TTL,
     ) -> Permit | None:
         """A permit if one is free and nobody is queued ahead, else ``None`` (no wait)."""
-        sem = make(self._rt, name, permits, count, ttl)
-        return await sem.acquire(0, blocking=False)
+        request = SemaphoreRequest.parse(name, permits, count, ttl)
+        return await make(self._rt, request).acquire(0, blocking=False)

@@ -24,6 +24,7 @@ from konductor._primitives import _waitgroup_state as state
 from konductor._primitives._hub import entries_of
 from konductor._primitives._parse import Where
 from konductor._primitives._runtime import HasRuntime, Runtime
+from konductor._primitives._validate import Duration
 from konductor._primitives._waiting import deadline_of, update_fresh, watch_until
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import WAITGROUP
@@ -73,7 +74,7 @@ class _WaitGroup:
             obj = await self.hub.current()
             if obj is None:
                 if delta < 0:
-                    raise InvalidArgument(self._negative(0, delta, missing=True))
+                    raise InvalidArgument(self._negative(0, delta, missing=True), argument="delta")
                 try:
                     self.hub.observe(await self.rt.store.create(WAITGROUP, self.name, {}))
                 except AlreadyExists:
@@ -84,7 +85,9 @@ class _WaitGroup:
             except NotFound:  # deleted meanwhile: start again from a missing group
                 continue
             if outcome.rejected:
-                raise InvalidArgument(self._negative(outcome.count, delta, missing=False))
+                raise InvalidArgument(
+                    self._negative(outcome.count, delta, missing=False), argument="delta"
+                )
             return outcome.count
 
     def _negative(self, count: int, delta: int, *, missing: bool) -> str:
@@ -137,11 +140,13 @@ class _WaitGroup:
         return _info(self.name, obj)
 
 
-def _delta(value: object) -> int:
+def _delta(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"delta must be an integer, got {value!r}")
+        raise InvalidArgument(f"delta must be an integer, got {value!r}", argument="delta")
     if abs(value) > _MAX_DELTA:
-        raise InvalidArgument(f"delta must be between -{_MAX_DELTA} and {_MAX_DELTA}, got {value}")
+        raise InvalidArgument(
+            f"delta must be between -{_MAX_DELTA} and {_MAX_DELTA}, got {value}", argument="delta"
+        )
     return value
 
 
@@ -172,7 +177,7 @@ class WaitGroupMethods(HasRuntime):
         validate_name(name)
         return await _WaitGroup(self._rt, name).add(-1)
 
-    async def waitgroup_wait(self, name: str, *, timeout: object = None) -> WaitGroupInfo:
+    async def waitgroup_wait(self, name: str, *, timeout: Duration | None = None) -> WaitGroupInfo:
         """Wait until wait group ``name`` has count zero.
 
         Returns once the count has been zero at some moment since the wait

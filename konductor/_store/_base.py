@@ -15,70 +15,35 @@ duplicates after a reconnect.
 from __future__ import annotations
 
 import abc
-import copy
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from konductor._names import validate_name
 from konductor._store._kinds import Kind
+from konductor._store._objects import (
+    JSON,
+    EventType,
+    ObjectList,
+    StoredObject,
+    WatchEvent,
+    copy_json,
+    version_newer,
+)
+from konductor._store._watch import ResumableWatch
+from konductor._typing import ExcInfo
 
-JSON = dict[str, Any]
-EventType = Literal["ADDED", "MODIFIED", "DELETED"]
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    """One object as the store returned it.
-
-    ``spec`` is what a person configures, ``status`` the live state; both are
-    fresh copies owned by the caller. ``version`` is opaque: pass it back to
-    :meth:`Store.replace_status`, :meth:`Store.replace_spec` or
-    :meth:`Store.delete` to make the write conditional.
-    """
-
-    kind: Kind
-    name: str
-    version: str
-    spec: JSON = field(default_factory=dict)
-    status: JSON = field(default_factory=dict)
-    uid: str = ""
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    """A change to an object, delivered in the order the store applied it."""
-
-    type: EventType
-    object: StoredObject
-
-
-@dataclass(frozen=True)
-class ObjectList:
-    """The objects of one kind and the store version the list was taken at.
-
-    Watching from ``version`` delivers every change made after the list.
-    """
-
-    items: tuple[StoredObject, ...]
-    version: str
-
-
-def version_newer(a: str, b: str) -> bool:
-    """Whether version ``a`` is newer than ``b``.
-
-    Stores use increasing integers; for a version that is not one, any
-    difference counts as newer (a duplicate is then possible, a miss is not).
-    """
-    try:
-        return int(a) > int(b)
-    except ValueError:
-        return a != b
-
-
-def copy_json(value: Mapping[str, Any]) -> JSON:
-    """A deep copy, so that callers never share mutable state with a store."""
-    return copy.deepcopy(dict(value))
+# Re-exported: the rest of konductor imports these from here.
+__all__ = (
+    "JSON",
+    "EventType",
+    "ObjectList",
+    "Store",
+    "StoredObject",
+    "WatchEvent",
+    "copy_json",
+    "version_newer",
+)
 
 
 class Store(abc.ABC):
@@ -219,9 +184,6 @@ class Store(abc.ABC):
         Raises (while iterating):
             CRDNotInstalled, Forbidden: as for :meth:`get`.
         """
-        from konductor._names import validate_name
-        from konductor._store._watch import ResumableWatch
-
         if name is not None:
             validate_name(name)
         return ResumableWatch(
@@ -249,5 +211,5 @@ class Store(abc.ABC):
     async def __aenter__(self) -> Store:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: *ExcInfo) -> None:
         await self.close()

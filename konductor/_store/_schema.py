@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from konductor._errors import Invalid
+from konductor._store._crd import crd
 from konductor._store._kinds import Kind
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -75,8 +76,6 @@ def _check(value: Any, schema: Mapping[str, Any], path: str, out: list[tuple[str
 
 @functools.cache
 def _schema_of(kind: Kind, part: str) -> Mapping[str, Any]:
-    from konductor._manifests import crd
-
     root = crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     schema: Mapping[str, Any] = root["properties"][part]
     return schema

@@ -25,8 +25,8 @@ from types import TracebackType
 from konductor import _observe as observe
 from konductor._backoff import Backoff
 from konductor._errors import Expired, StoreUnavailable
-from konductor._store._base import ObjectList, StoredObject, WatchEvent, version_newer
 from konductor._store._kinds import Kind
+from konductor._store._objects import ObjectList, StoredObject, WatchEvent, version_newer
 
 log = logging.getLogger("konductor.store")
 

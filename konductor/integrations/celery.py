@@ -36,7 +36,6 @@ as ``"kubernetes"``) and ``app.conf.konductor_namespace``; else
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -56,23 +55,21 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "pip install 'konductor[celery]'"
     ) from exc
 
-from konductor import _defaults
-from konductor._backoff import Backoff
-from konductor._config import store_from_spec
-from konductor._errors import (
+from konductor import (
     AcquireTimeout,
     ConfigurationError,
     InvalidArgument,
     KonductorError,
+    Lock,
+    Permit,
     StoreUnavailable,
+    SyncClient,
+    SyncGrant,
+    validate_name,
 )
-from konductor._names import validate_name
-from konductor._primitives import _validate as check
-from konductor._primitives._mutex import Lock
-from konductor._primitives._runtime import DEFAULT_TTL
-from konductor._primitives._semaphore import Permit
-from konductor._store._base import Store
-from konductor._sync import SyncClient, SyncGrant
+from konductor import _integration as check
+from konductor._integration import DEFAULT_TTL, Backoff, configured, store_from_spec
+from konductor.store import Store
 
 __all__ = ("NAMESPACE_SETTING", "STORE_SETTING", "CoordinatedTask", "close_clients", "get_client")
 
@@ -108,16 +105,17 @@ class _Plan:
     requeue_delay: float
     requeue_delay_max: float
     max_requeues: int | None
+    semaphore_priority: int = 0
 
     @property
     def gated(self) -> bool:
         return self.semaphore is not None or self.singleton_key is not None
 
 
-def _choice(value: object, allowed: tuple[str, ...], what: str) -> str:
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     if not isinstance(value, str) or value not in allowed:
         options = " or ".join(repr(a) for a in allowed)
-        raise InvalidArgument(f"{what} must be {options}, got {value!r}")
+        raise InvalidArgument(f"{what} must be {options}, got {value!r}", argument=what)
     return value
 
 
@@ -174,9 +172,10 @@ def _plan_of(cls: type[CoordinatedTask]) -> _Plan:
             requeue_delay=delay,
             requeue_delay_max=delay_max,
             max_requeues=max_requeues,
+            semaphore_priority=check.priority(cls.semaphore_priority),
         )
     except InvalidArgument as exc:
-        raise type(exc)(f"{where}: {exc}") from None
+        raise type(exc)(f"{where}: {exc}", argument=exc.argument) from None
 
 
 def singleton_name(task_name: str, key: object) -> str:
@@ -204,7 +203,7 @@ def _build_client(app: Any) -> SyncClient:
     namespace: str | None = conf.get(NAMESPACE_SETTING)
     identity: str | None = None
     if source is None:
-        settings = _defaults._settings
+        settings = configured()
         source = settings.store
         namespace = namespace or settings.namespace
         identity = settings.identity
@@ -320,11 +319,11 @@ def _release(client: SyncClient, grant: SyncGrant[Any]) -> BaseException | None:
     interrupts the wait for it here, it still completes.
     """
     try:
-        client._call(lambda: asyncio.shield(grant.grant.release()))
+        grant.release()  # shielded on the client's loop
     except KonductorError:
         log.warning(
             "konductor: could not release %s; it expires after its ttl",
-            grant.grant._describe(),
+            grant.grant.describe(),
             exc_info=True,
         )
     except BaseException as exc:
@@ -355,6 +354,13 @@ class CoordinatedTask(Task):  # type: ignore[misc]
     ``wait_timeout``
         Seconds ``"wait"`` blocks (``None``: forever). Also bounds the blocking
         waits of direct calls and ``apply()``, which have no queue to go back to.
+    ``semaphore_priority``
+        The priority of this task's place in the semaphore's queue (-100..100,
+        higher first, default 0; aging keeps low priorities from starving).
+        It orders waiters that queue: ``on_full="wait"``, direct calls and
+        ``apply()``. ``"retry"`` never queues (it re-queues the Celery task),
+        so there it has no effect. Not Celery's own ``priority`` (the broker's
+        message priority), which it leaves alone.
     ``singleton``
         ``True``: at most one running instance of this task; a function of
         the task's arguments: at most one per key it returns
@@ -399,6 +405,7 @@ class CoordinatedTask(Task):  # type: ignore[misc]
     requeue_delay: float = 1.0
     requeue_delay_max: float = 30.0
     max_requeues: int | None = None
+    semaphore_priority: int = 0
 
     _konductor_plan: _Plan
 
@@ -472,7 +479,7 @@ class CoordinatedTask(Task):  # type: ignore[misc]
             for g in lost:
                 log.error(
                     "konductor: %s was lost while task %s[%s] ran: %s",
-                    g.grant._describe(),
+                    g.grant.describe(),
                     self.name,
                     request.id,
                     g.grant.lost_reason,
@@ -482,7 +489,7 @@ class CoordinatedTask(Task):  # type: ignore[misc]
         if lost:
             g = lost[0]
             raise g.grant.lost_error(
-                f"{g.grant._describe()} was lost while task {self.name}[{request.id}] ran "
+                f"{g.grant.describe()} was lost while task {self.name}[{request.id}] ran "
                 f"({g.grant.lost_reason}); the result is not trusted"
             )
         return result
@@ -496,7 +503,11 @@ class CoordinatedTask(Task):  # type: ignore[misc]
         if blocking or plan.on_full == "wait":
             try:
                 return client.acquire_semaphore(
-                    name, plan.permits, ttl=plan.ttl, timeout=plan.wait_timeout
+                    name,
+                    plan.permits,
+                    ttl=plan.ttl,
+                    timeout=plan.wait_timeout,
+                    priority=plan.semaphore_priority,
                 )
             except AcquireTimeout:
                 if blocking:

@@ -52,16 +52,18 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "pip install 'konductor[fastapi]'"
     ) from exc
 
-from konductor._backoff import Backoff
-from konductor._client import Client
-from konductor._errors import InvalidArgument, WaitTimeout
-from konductor._names import validate_name
-from konductor._primitives import _validate as check
-from konductor._primitives._barrier import BarrierInfo
-from konductor._primitives._gate import GateInfo
-from konductor._primitives._gate_state import GateCondition, parse_conditions
-from konductor._primitives._lease import Lease
-from konductor._primitives._runtime import DEFAULT_TTL
+from konductor import (
+    BarrierInfo,
+    Client,
+    GateCondition,
+    GateInfo,
+    InvalidArgument,
+    Lease,
+    WaitTimeout,
+    validate_name,
+)
+from konductor import _integration as check
+from konductor._integration import DEFAULT_TTL, Backoff, Duration, parse_conditions
 
 __all__ = (
     "DEFAULT_STARTUP_TIMEOUT",
@@ -179,7 +181,7 @@ class LeaderConfig:
         object.__setattr__(self, "restart_delay", delay)
 
 
-def _gate(value: object) -> GateConfig:
+def _gate(value: str | GateConfig) -> GateConfig:
     if isinstance(value, GateConfig):
         return value
     if isinstance(value, str):
@@ -189,7 +191,7 @@ def _gate(value: object) -> GateConfig:
     )
 
 
-def _barrier(value: object) -> BarrierConfig | None:
+def _barrier(value: tuple[str, int] | BarrierConfig | None) -> BarrierConfig | None:
     if value is None or isinstance(value, BarrierConfig):
         return value
     if isinstance(value, tuple) and len(value) == 2:
@@ -199,7 +201,7 @@ def _barrier(value: object) -> BarrierConfig | None:
     )
 
 
-def _leader(value: object) -> LeaderConfig | None:
+def _leader(value: str | LeaderConfig | None) -> LeaderConfig | None:
     if value is None or isinstance(value, LeaderConfig):
         return value
     if isinstance(value, str):
@@ -207,7 +209,9 @@ def _leader(value: object) -> LeaderConfig | None:
     raise InvalidArgument(f"leader is a lease name or a LeaderConfig(name, ...), got {value!r}")
 
 
-def _once(value: object) -> dict[str, Callable[[], Awaitable[object]]]:
+def _once(
+    value: Mapping[str, Callable[[], Awaitable[object]]],
+) -> dict[str, Callable[[], Awaitable[object]]]:
     if not isinstance(value, Mapping):
         raise InvalidArgument(
             f"once is a mapping of name -> async callable, e.g. {{'migrations': migrate}}, "
@@ -225,7 +229,7 @@ def _once(value: object) -> dict[str, Callable[[], Awaitable[object]]]:
     return out
 
 
-def _inner(value: object) -> Callable[[Any], AbstractAsyncContextManager[Any]] | None:
+def _inner(value: InnerLifespan | None) -> Callable[[Any], AbstractAsyncContextManager[Any]] | None:
     if value is None:
         return None
     if inspect.isasyncgenfunction(value):
@@ -239,7 +243,9 @@ def _inner(value: object) -> Callable[[Any], AbstractAsyncContextManager[Any]] |
     return fn
 
 
-def _client_factory(value: object) -> tuple[Callable[[], Client], bool]:
+def _client_factory(
+    value: Client | Callable[[], Client] | None,
+) -> tuple[Callable[[], Client], bool]:
     """(factory, whether the lifespan owns, and so closes, the client)."""
     if value is None:
         return Client, True
@@ -378,8 +384,8 @@ class KonductorLifespan:
         once: Mapping[str, Callable[[], Awaitable[object]]] | None = None,
         barrier: tuple[str, int] | BarrierConfig | None = None,
         leader: str | LeaderConfig | None = None,
-        startup_timeout: object = DEFAULT_STARTUP_TIMEOUT,
-        once_ttl: object = DEFAULT_TTL,
+        startup_timeout: Duration | None = DEFAULT_STARTUP_TIMEOUT,
+        once_ttl: Duration = DEFAULT_TTL,
         inner: InnerLifespan | None = None,
         client: Client | Callable[[], Client] | None = None,
         state_key: str = STATE_KEY,
@@ -585,8 +591,8 @@ def konductor_lifespan(
     once: Mapping[str, Callable[[], Awaitable[object]]] | None = None,
     barrier: tuple[str, int] | BarrierConfig | None = None,
     leader: str | LeaderConfig | None = None,
-    startup_timeout: object = DEFAULT_STARTUP_TIMEOUT,
-    once_ttl: object = DEFAULT_TTL,
+    startup_timeout: Duration | None = DEFAULT_STARTUP_TIMEOUT,
+    once_ttl: Duration = DEFAULT_TTL,
     inner: InnerLifespan | None = None,
     client: Client | Callable[[], Client] | None = None,
     state_key: str = STATE_KEY,

@@ -59,23 +59,16 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "pip install 'konductor[sqlalchemy]'"
     ) from exc
 
-from konductor._client import Client
-from konductor._errors import InvalidArgument
-from konductor._names import validate_name
-from konductor._primitives import _validate as check
-from konductor._sync import SyncClient
-from konductor.integrations._sqlalchemy._core import (
-    AsyncCore,
-    Mode,
-    Settings,
-    StoreSource,
-    SyncCore,
-)
+from konductor import Client, InvalidArgument, SyncClient, validate_name
+from konductor import _integration as check
+from konductor._integration import DEFAULT_TTL, Duration, ExcInfo
+from konductor.integrations._sqlalchemy._async_core import AsyncCore
 from konductor.integrations._sqlalchemy._pool import install
+from konductor.integrations._sqlalchemy._slots import Mode, Settings, StoreSource
+from konductor.integrations._sqlalchemy._sync_core import SyncCore
 
 __all__ = ("AsyncCoordinatedEngine", "CoordinatedEngine")
 
-DEFAULT_TTL = 15.0
 DEFAULT_RESERVE_TIMEOUT = 60.0
 DEFAULT_GROW_INTERVAL = 10.0
 
@@ -86,9 +79,9 @@ def _settings(
     pool_size: int,
     min_connections: int,
     mode: str,
-    ttl: object,
-    reserve_timeout: object,
-    grow_interval: object,
+    ttl: Duration,
+    reserve_timeout: Duration | None,
+    grow_interval: Duration | None,
 ) -> Settings:
     validate_name(semaphore)
     if max_connections is not None:
@@ -141,16 +134,16 @@ def _engine_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _url(value: object) -> URL:
+def _url(value: str | URL) -> URL:
     try:
-        return make_url(value)  # type: ignore[arg-type]
+        return make_url(value)
     except (sa_exc.ArgumentError, TypeError) as exc:
         raise InvalidArgument(
             f"expected an Engine, a URL or a URL string, got {value!r}: {exc}"
         ) from exc
 
 
-def _check_source(client: object, store: StoreSource) -> None:
+def _check_source(client: Client | SyncClient | None, store: StoreSource) -> None:
     if client is not None and store is not None:
         raise InvalidArgument("pass client= or store=, not both")
 
@@ -186,9 +179,9 @@ class CoordinatedEngine:
         pool_size: int = 5,
         min_connections: int = 1,
         mode: Mode = "reserve",
-        ttl: object = DEFAULT_TTL,
-        reserve_timeout: object = DEFAULT_RESERVE_TIMEOUT,
-        grow_interval: object = DEFAULT_GROW_INTERVAL,
+        ttl: Duration = DEFAULT_TTL,
+        reserve_timeout: Duration | None = DEFAULT_RESERVE_TIMEOUT,
+        grow_interval: Duration | None = DEFAULT_GROW_INTERVAL,
         client: SyncClient | None = None,
         store: StoreSource = None,
         **engine_kwargs: Any,
@@ -281,7 +274,7 @@ class CoordinatedEngine:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: *ExcInfo) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -316,9 +309,9 @@ class AsyncCoordinatedEngine:
         pool_size: int = 5,
         min_connections: int = 1,
         mode: Mode = "reserve",
-        ttl: object = DEFAULT_TTL,
-        reserve_timeout: object = DEFAULT_RESERVE_TIMEOUT,
-        grow_interval: object = DEFAULT_GROW_INTERVAL,
+        ttl: Duration = DEFAULT_TTL,
+        reserve_timeout: Duration | None = DEFAULT_RESERVE_TIMEOUT,
+        grow_interval: Duration | None = DEFAULT_GROW_INTERVAL,
         client: Client | None = None,
         store: StoreSource = None,
         **engine_kwargs: Any,
@@ -407,7 +400,7 @@ class AsyncCoordinatedEngine:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: *ExcInfo) -> None:
         await self.close()
 
     def __repr__(self) -> str:

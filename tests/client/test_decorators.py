@@ -348,3 +348,40 @@ def test_configure_does_not_close_a_client_that_a_running_coroutine_uses() -> No
 
     with pytest.raises(ClientClosed):  # closed with its loop
         asyncio.run(seen[0].try_acquire_semaphore("in-use", 1))
+
+
+async def test_decorators_queue_with_their_priority() -> None:
+    """The priority given to the decorator is the one its waiters queue with."""
+    from konductor.store import MUTEX, SEMAPHORE
+
+    store = MemoryStore()
+    async with Client(store) as holder_client, Client(store) as waiter_client:
+        permit = await holder_client.acquire_semaphore("ranked", 1)
+        lock = await holder_client.acquire_mutex("ranked-m")
+
+        @with_semaphore("ranked", priority=7, timeout=30, client=waiter_client)
+        async def gated() -> str:
+            return "gated"
+
+        @with_mutex("ranked-m", priority=-3, timeout=30, client=waiter_client)
+        async def locked() -> str:
+            return "locked"
+
+        calls = [asyncio.ensure_future(gated()), asyncio.ensure_future(locked())]
+        for kind, name, want in ((SEMAPHORE, "ranked", 7), (MUTEX, "ranked-m", -3)):
+            for _ in range(200):
+                queue = (await store.get(kind, name)).status.get("queue") or []
+                if queue:
+                    break
+                await asyncio.sleep(0.01)
+            assert [t.get("priority") for t in queue] == [want]
+        await permit.release()
+        await lock.release()
+        assert await asyncio.gather(*calls) == ["gated", "locked"]
+
+
+def test_a_bad_priority_fails_at_decoration() -> None:
+    with pytest.raises(InvalidArgument, match="priority must be from -100 to 100"):
+        with_semaphore("x", permits=1, priority=101)
+    with pytest.raises(InvalidArgument, match="priority must be an integer"):
+        with_mutex("x", priority="high")  # type: ignore[arg-type]

@@ -90,6 +90,11 @@ def new_app() -> Celery:
             "requeue_delay_max (1) must be at least requeue_delay (5)",
         ),
         ({"semaphore": "p", "max_requeues": -1}, InvalidArgument, "max_requeues must be None"),
+        (
+            {"semaphore": "p", "semaphore_priority": 500},
+            InvalidArgument,
+            "priority must be from -100 to 100",
+        ),
     ],
 )
 def test_bad_options_fail_at_task_registration(
@@ -297,6 +302,48 @@ def test_a_direct_call_waits_for_a_free_permit(
             impatient()  # waited wait_timeout=1 s in vain
         threading.Timer(0.5, permit.release).start()
         assert patient() == "done"  # granted once the other process released
+
+
+@pytest.mark.kubernetes
+def test_semaphore_priority_orders_the_waiters_that_queue(
+    kube_app: tuple[Celery, str], kube_crds: Any
+) -> None:
+    """Two direct calls wait on a full semaphore; the urgent one, queued second, runs first."""
+    app, ns = kube_app
+    ran: list[str] = []
+    gate = {"semaphore": "ranked", "permits": 1, "wait_timeout": 60}
+
+    @app.task(base=CoordinatedTask, shared=False, **gate)
+    def routine() -> None:
+        ran.append("routine")
+
+    @app.task(base=CoordinatedTask, shared=False, semaphore_priority=10, **gate)
+    def urgent() -> None:
+        ran.append("urgent")
+
+    app.finalize()
+
+    def queued(count: int) -> None:
+        for _ in range(600):
+            if len(asyncio.run(_status(kube_crds, ns, "ranked")).get("queue") or []) >= count:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{count} tickets never queued")
+
+    with SyncClient(lambda: KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)) as other:
+        permit = other.acquire_semaphore("ranked", 1, ttl=15)
+        first = threading.Thread(target=routine)
+        first.start()
+        queued(1)
+        second = threading.Thread(target=urgent)
+        second.start()
+        queued(2)
+        tickets = asyncio.run(_status(kube_crds, ns, "ranked"))["queue"]
+        assert [t.get("priority", 0) for t in tickets] == [0, 10]
+        permit.release()
+        first.join(60)
+        second.join(60)
+    assert ran == ["urgent", "routine"]
 
 
 @pytest.mark.kubernetes

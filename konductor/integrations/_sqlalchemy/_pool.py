@@ -9,7 +9,7 @@ extension points SQLAlchemy's own pools implement), so pool events, pre-ping,
 recycle and reset-on-return behave as usual.
 
 - :class:`ReservedPool` (default): checkouts take slots from the process's
-  reservation (:mod:`._core`); no API call per checkout. The queue is LIFO
+  reservation (:mod:`._slots`); no API call per checkout. The queue is LIFO
   (like ``pool_use_lifo=True``), so a quiet process keeps few connections open.
 - :class:`PerConnectionPool`: each checkout acquires one permit (an API call,
   possibly a wait in the semaphore's queue) and opens a fresh connection; the
@@ -30,8 +30,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
-from konductor._errors import InvalidArgument
-from konductor.integrations._sqlalchemy._core import Core, Item, Settings
+from konductor import InvalidArgument
+from konductor.integrations._sqlalchemy._slots import Core, Item, Settings
 
 
 class _CoordinatedPool(Pool):

@@ -1,0 +1,504 @@
+"""The slot accounting behind a CoordinatedEngine: permits, slots, idle queue.
+
+Why slots: every pod sizes its pool locally, so the sum over pods overruns
+the database. Here a process first *reserves* permits on a cluster semaphore
+(one grant of ``count=k`` permits, so a big request is never starved by
+smaller ones in the FIFO queue) and then owns exactly that many **slots**.
+A slot is either idle in the queue — as an open connection, or as a token
+(``None``: a permit whose connection is not opened yet) — or checked out.
+A new database connection is opened only by a checkout that took a token,
+so open connections never outnumber slots, and slots never outnumber the
+permits held. No API call happens per checkout: the pool only counts.
+
+Growing adds grants (``try_acquire`` of one permit, never queueing, so a
+process waiting for its first permits is served first) and puts a token per
+new permit into the queue, which wakes a waiting checkout at once: that is
+how the pool is "resized" without rebuilding it.
+
+Losing a grant (it could not be renewed within its TTL) is logged as an
+error and turns its permits into **debt**, paid at once: idle connections and
+tokens are dropped, then, if that is not enough, connections in use are
+invalidated (the statement in flight is cancelled where the driver can, the
+socket closed), until the slots match what is still held. That happens when
+the grant's ``lost`` event fires, on the holder's own deadline, so the
+database sees the connections go before anyone else can be granted the
+permits. New connections beyond what is held are never handed out.
+
+Every structure is per process: after ``fork()`` the child forgets the
+parent's grants and connections (without closing them: they are the
+parent's) and reserves its own on first use.
+
+This module only counts (no API call, no waiting): the decisions of a
+reservation are in :mod:`._plans`, run by the blocking driver
+(:mod:`._sync_core`) and the async one (:mod:`._async_core`); the process
+hooks are in :mod:`._process`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import queue as sqla_queue
+
+from konductor import (
+    KonductorError,
+    Permit,
+    SemaphoreLost,
+    SyncGrant,
+)
+from konductor.integrations._sqlalchemy import _process
+from konductor.store import Store
+
+log = logging.getLogger("konductor.sqlalchemy")
+
+Mode = Literal["reserve", "per_connection"]
+StoreSource = Store | Callable[[], Store] | None
+Item = ConnectionPoolEntry | None  # an idle connection, or a token (a permit, no connection yet)
+Handle = SyncGrant[Permit] | Permit
+#: Seconds between the background checks for a lost grant (local, no API call). A loss is
+#: acted on when the grant's ``lost`` event fires; this check is only the fallback.
+LOSS_CHECK = 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A CoordinatedEngine's validated configuration."""
+
+    semaphore: str
+    max_connections: int | None
+    pool_size: int
+    min_connections: int
+    mode: Mode
+    ttl: float
+    reserve_timeout: float | None
+    grow_interval: float | None
+
+
+def permit_of(handle: Handle) -> Permit:
+    """The async Permit behind a handle (a SyncGrant of one, or the Permit itself)."""
+    return handle.grant if isinstance(handle, SyncGrant) else handle
+
+
+def _close(record: ConnectionPoolEntry) -> None:
+    try:
+        record.close()
+    except Exception:
+        log.warning("closing a pooled connection failed", exc_info=True)
+
+
+def _terminate(record: ConnectionPoolEntry, why: str) -> None:
+    """Take a connection in use away from its user: its permit is gone.
+
+    The statement in flight is cancelled first where the driver offers a
+    blocking ``cancel()`` (psycopg, psycopg2: safe from another thread), so
+    that the server ends the backend now rather than when the query would
+    finish; then the record is invalidated, which closes the socket. The
+    statement in flight raises ``sqlalchemy.exc.OperationalError`` (the
+    cancel, or the closed socket) or, when the socket closes while the driver
+    reads the answer, ``sqlalchemy.exc.InternalError`` (psycopg); the next call
+    on that connection raises the dialect's disconnect error
+    (``connection_invalidated`` true).
+    """
+    cancel = getattr(record.driver_connection, "cancel", None)
+    if callable(cancel) and not inspect.iscoroutinefunction(cancel):
+        try:
+            cancel()
+        except Exception:
+            log.debug("cancelling the statement of a connection that lost its permit failed")
+    try:
+        record.invalidate(LostConnection(why))
+    except Exception:
+        log.warning("closing a connection that lost its permit failed", exc_info=True)
+
+
+class LostConnection(SemaphoreLost):
+    """The permit this database connection was counted under was lost; it was closed."""
+
+
+class Core:
+    """Accounting shared by the sync and async reservations (one per engine and process)."""
+
+    is_async = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.closed = False
+        self.generation = 0
+        self._inherited: list[object] = []  # a parent's pool state, kept alive (see after_fork)
+        self._reset()
+        _process.register(self)
+
+    # -- per-process state ------------------------------------------------------------
+
+    def _new_queue(self) -> sqla_queue.QueueCommon[Item]:
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        self.pid = os.getpid()
+        self.generation += 1
+        self._lock = threading.Lock()
+        self.queue = self._new_queue()
+        self._records: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
+        # Checked out (reserve mode), and taken away after a loss until they come back.
+        self._out: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
+        self._dropped: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
+        self.bound: weakref.WeakKeyDictionary[ConnectionPoolEntry, Handle] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.grants: list[Handle] = []
+        self._lost: list[Handle] = []  # lost grants still to be released (hygiene)
+        self.held = 0  # permits held
+        self.slots = 0  # idle connections + tokens + checked out
+        self.debt = 0  # slots owed back after a loss or a release
+        self.in_use = 0  # checked out (or being connected)
+        self.lost_total = 0
+        self.started = False
+        self.demand = False  # a checkout found the pool empty since the last growth try
+        self.last_grow = float("-inf")
+        self.created_semaphore = False
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's grants and connections.
+
+        The parent's connections are neither closed nor returned (closing a
+        shared socket would end the parent's session); they are only kept
+        referenced so that garbage collection never touches them either.
+        """
+        self._inherited.append((self.queue, self._records, self.bound))
+        self._reset()
+
+    def check_process(self) -> None:
+        if self.pid != os.getpid():  # forked without os.register_at_fork (not on Linux)
+            self.after_fork()
+        if self.closed:
+            raise KonductorError(
+                f"this CoordinatedEngine (semaphore {self.s.semaphore!r}) is closed"
+            )
+
+    # -- slots ------------------------------------------------------------------------
+
+    def add(self, handle: Handle, generation: int) -> bool:
+        """Count a new grant and put a token per new permit into the queue."""
+        count = permit_of(handle).count
+        with self._lock:
+            if generation != self.generation or self.pid != os.getpid():
+                return False
+            self.grants.append(handle)
+            self.held += count
+            permit_of(handle).when_lost(self._lost_now)
+            if self.s.mode == "per_connection":
+                return True
+            covered = min(self.debt, count)
+            self.debt -= covered
+            fresh = count - covered
+            self.slots += fresh
+        for _ in range(fresh):
+            self.queue.put_nowait(None)
+        return True
+
+    def claim(self, item: Item) -> bool:
+        """A checkout took ``item``: hand it out (True), or pay a debt with it (False)."""
+        with self._lock:
+            reclaim = self.debt > 0
+            if reclaim:
+                self.debt -= 1
+                self.slots -= 1
+            else:
+                self.in_use += 1
+            if not reclaim and item is not None:
+                self._out.add(item)
+        if reclaim and item is not None:
+            self._records.discard(item)
+            _close(item)
+        return not reclaim
+
+    def created(self, record: ConnectionPoolEntry) -> bool:
+        """A connection was opened for a token: hand it out (True), or pay a debt (False).
+
+        A loss may have come while it was being opened: then it is closed at once.
+        """
+        with self._lock:
+            self._records.add(record)
+            reclaim = self.debt > 0
+            if reclaim:
+                self.debt -= 1
+                self.slots -= 1
+                self.in_use -= 1
+            else:
+                self._out.add(record)
+        if reclaim:
+            self._records.discard(record)
+            _close(record)
+        return not reclaim
+
+    def unclaim_token(self) -> None:
+        """Opening a connection for a token failed: the token goes back."""
+        with self._lock:
+            self.in_use -= 1
+            if self.debt > 0:
+                self.debt -= 1
+                self.slots -= 1
+                return
+        self.queue.put_nowait(None)
+
+    def give_back(self, record: ConnectionPoolEntry) -> None:
+        """A connection came back: keep it idle, or close it to pay a debt."""
+        with self._lock:
+            if record not in self._records:  # the parent's, from before a fork
+                return
+            self.in_use -= 1
+            self._out.discard(record)
+            if record in self._dropped:  # taken away after a loss: its slot is paid
+                self._dropped.discard(record)
+                self._records.discard(record)
+                return
+            reclaim = self.debt > 0
+            if reclaim:
+                self.debt -= 1
+                self.slots -= 1
+        if reclaim:
+            self._records.discard(record)
+            _close(record)
+        else:
+            self.queue.put_nowait(record)
+
+    def reclaim_idle(self) -> None:
+        """Pay debts from the idle queue now: close idle connections, drop tokens."""
+        while True:
+            with self._lock:
+                if self.debt <= 0:
+                    return
+            try:
+                item = self.queue.get_nowait()
+            except sqla_queue.Empty:
+                return
+            with self._lock:
+                reclaim = self.debt > 0
+                if reclaim:
+                    self.debt -= 1
+                    self.slots -= 1
+            if not reclaim:
+                self.queue.put_nowait(item)
+                return
+            if item is not None:
+                self._records.discard(item)
+                _close(item)
+
+    def close_idle(self) -> None:
+        """``Pool.dispose()``: close idle connections; their permits stay held as tokens."""
+        items: list[Item] = []
+        while True:
+            try:
+                items.append(self.queue.get_nowait())
+            except sqla_queue.Empty:
+                break
+        for item in items:
+            if item is not None:
+                self._records.discard(item)
+                _close(item)
+            self.queue.put_nowait(None)
+
+    # -- loss ---------------------------------------------------------------------------
+
+    def collect_lost(self) -> None:
+        """Drop grants that were lost (a local check, no API call); log each as an error."""
+        with self._lock:
+            lost = [h for h in self.grants if permit_of(h).is_lost]
+            if not lost:
+                return
+            for h in lost:
+                self.grants.remove(h)
+                count = permit_of(h).count
+                self.held -= count
+                self.lost_total += count
+                if self.s.mode == "reserve":
+                    self.debt += count
+            self._lost.extend(lost)
+            held, in_use = self.held, self.in_use
+            lost_ids = {id(h) for h in lost}
+            bound = [r for r, h in list(self.bound.items()) if id(h) in lost_ids]
+        for h in lost:
+            p = permit_of(h)
+            if self.s.mode == "reserve":
+                log.error(
+                    "lost %d reserved connection permit(s) on semaphore %r (token %d): %s. "
+                    "Idle connections are closed, then connections in use beyond what is "
+                    "still held (their next call raises a disconnect error); this process "
+                    "now hands out at most %d connection(s) (%d were in use).",
+                    p.count,
+                    p.name,
+                    p.token,
+                    p.lost_reason or "lost",
+                    held,
+                    in_use,
+                )
+            else:
+                log.error(
+                    "lost the permit (token %d) of a connection in use on semaphore %r: %s. "
+                    "The connection is closed now; its next call raises a disconnect error.",
+                    p.token,
+                    p.name,
+                    p.lost_reason or "lost",
+                )
+        if self.s.mode == "reserve":
+            self.reclaim_idle()
+            bound = self._take_in_use()
+        why = f"its permit on semaphore {self.s.semaphore!r} was lost"
+        for record in bound:
+            _terminate(record, why)
+
+    def _take_in_use(self) -> list[ConnectionPoolEntry]:
+        """After idle slots paid what they could: the connections in use that must go."""
+        with self._lock:
+            taken = []
+            while self.debt > 0 and self._out:
+                record = self._out.pop()
+                self._dropped.add(record)
+                self.debt -= 1
+                self.slots -= 1
+                taken.append(record)
+        return taken
+
+    def _lost_now(self, reason: str) -> None:
+        """A grant's ``lost`` event fired (on the client's loop): act on it now."""
+        raise NotImplementedError
+
+    def take_lost(self) -> list[Handle]:
+        with self._lock:
+            lost, self._lost = self._lost, []
+        return lost
+
+    def detach_all(self) -> tuple[list[Handle], int]:
+        """Stop; owe back every slot; close what is idle. Returns the grants to release."""
+        with self._lock:
+            self.generation += 1
+            self.started = False
+            if self.s.mode == "reserve":
+                handles = self.grants + self._lost
+                self.grants, self._lost = [], []
+                self.held = 0
+                self.debt = self.slots
+            else:  # per-connection permits go back when their connection does
+                handles, self._lost = self._lost, []
+            in_use = self.in_use
+        self.reclaim_idle()
+        return handles, in_use
+
+    # -- growth -----------------------------------------------------------------------
+
+    def note_demand(self) -> None:
+        """A checkout found no idle slot: ask the background task to try growing."""
+        if not self.demand:
+            self.demand = True
+            self.wake()
+
+    def wake(self) -> None:
+        raise NotImplementedError
+
+    def grow_due(self) -> bool:
+        s = self.s
+        if s.mode != "reserve" or s.grow_interval is None:
+            return False
+        with self._lock:
+            if not self.demand or self.held >= s.pool_size:
+                return False
+            now = time.monotonic()
+            if now - self.last_grow < s.grow_interval:
+                return False
+            self.demand = False
+            self.last_grow = now
+            return True
+
+    def wants_more(self, generation: int) -> bool:
+        with self._lock:
+            return generation == self.generation and self.held < self.s.pool_size
+
+    def next_wait(self) -> float:
+        if self.demand and self.s.grow_interval is not None:
+            due = self.last_grow + self.s.grow_interval - time.monotonic()
+            return max(0.05, min(LOSS_CHECK, due))
+        return LOSS_CHECK
+
+    def permits_arg(self) -> int | None:
+        """``max_connections`` on the first call (to create the semaphore), then ``None``.
+
+        Passing it again would log the core's "cluster wins" warning on every
+        growth try when somebody changed the cluster's permit count.
+        """
+        return None if self.created_semaphore else self.s.max_connections
+
+    def top_up_counts(self) -> range:
+        """After waiting for the minimum: the counts to try for the rest, largest first."""
+        with self._lock:
+            return range(self.s.pool_size - self.held, 0, -1)
+
+    def reserved(self, started: float) -> None:
+        log.info(
+            "reserved %d of %d wanted connection permit(s) on semaphore %r in %.1fs",
+            self.held,
+            self.s.pool_size,
+            self.s.semaphore,
+            time.monotonic() - started,
+        )
+
+    def status(self) -> str:
+        with self._lock:
+            return (
+                f"semaphore={self.s.semaphore!r} mode={self.s.mode} held={self.held} "
+                f"slots={self.slots} in_use={self.in_use} owed={self.debt} "
+                f"lost={self.lost_total} wanted={self.s.pool_size}"
+            )
+
+    def shutdown(self) -> None:
+        """At process exit."""
+
+    def warn_in_use_at_release(self, in_use: int) -> None:
+        if in_use and self.s.mode == "reserve":
+            log.warning(
+                "released the reservation on semaphore %r with %d connection(s) still "
+                "checked out: they are closed when returned, and not counted until then",
+                self.s.semaphore,
+                in_use,
+            )
+
+    def forget(self, handle: Handle) -> None:
+        """Per-connection mode: ``handle``'s connection is gone; it is released next."""
+        with self._lock:
+            if handle in self.grants:
+                self.grants.remove(handle)
+                self.held -= 1
+
+    # -- what the pools call; the sync and async reservations differ -------------------
+
+    def before_checkout(self) -> None:
+        """Check the process and reserve on first use (blocks or awaits as needed)."""
+        raise NotImplementedError
+
+    def acquire_one(self) -> Handle:
+        """Per-connection mode: one permit, waiting up to ``reserve_timeout``."""
+        raise NotImplementedError
+
+    def release_one(self, handle: Handle) -> None:
+        raise NotImplementedError
+
+    def bind(self, record: ConnectionPoolEntry, handle: Handle) -> None:
+        """Per-connection mode: ``record`` was opened under ``handle``."""
+        with self._lock:
+            self.bound[record] = handle
+            self.in_use += 1
+
+    def unbind(self, record: ConnectionPoolEntry) -> Handle | None:
+        with self._lock:
+            handle = self.bound.pop(record, None)
+            if handle is not None:
+                self.in_use -= 1
+            return handle
