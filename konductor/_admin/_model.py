@@ -23,7 +23,9 @@ RUNNER = "runner"
 class EntryStatus:
     """One holder, waiter or once-runner of an object.
 
-    ``position`` is a waiter's place in the FIFO queue (1: next in line).
+    ``position`` is a waiter's place in the queue's service order (1: next in
+    line; by ``priority``, higher first, then first come first served, with
+    aging, as the grants are made).
     ``renewed_ago`` is seconds since ``renewed_at`` by this machine's wall
     clock (informational: clocks skew). ``expires_in`` is seconds until this
     observer may judge the entry stale if it stays unchanged: the full TTL for
@@ -43,6 +45,7 @@ class EntryStatus:
     renewed_at: str | None = None
     renewed_ago: float | None = None
     expires_in: float | None = None
+    priority: int | None = None
 
 
 @dataclass(frozen=True)

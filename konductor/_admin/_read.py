@@ -212,6 +212,7 @@ def _slot_entry(
         renewed_at=slot.renewed_at,
         renewed_ago=observer.ago(slot.renewed_at),
         expires_in=observer.expires_in(slot.to_json(), slot.ttl),
+        priority=slot.priority,
     )
 
 
@@ -225,13 +226,14 @@ def _queued(obj: StoredObject, where: Where, observer: Observer) -> dict[str, An
     queued = [
         s for s in (parse_entry(e, holder=False) for e in _raw_list(obj.status, "queue")) if s
     ]
-    holders = tuple(_slot_entry(s, HOLDER, None, observer, rw) for s in held)
-    waiters = tuple(_slot_entry(s, WAITER, i, observer, rw) for i, s in enumerate(queued, 1))
     next_token: int | None = None
     capacity: int | None = None
     if problem is None:
         next_token = queue_state.parse(obj.status, where).next_token
         capacity = policy.capacity(obj.spec, where)
+        queued = queue_state.service_order(queued, next_token)  # the order grants follow
+    holders = tuple(_slot_entry(s, HOLDER, None, observer, rw) for s in held)
+    waiters = tuple(_slot_entry(s, WAITER, i, observer, rw) for i, s in enumerate(queued, 1))
     if obj.kind == SEMAPHORE:
         in_use = sum(s.count for s in held)
         permits = capacity if capacity is not None else obj.spec.get("permits", "?")

@@ -55,6 +55,7 @@ def entry_json(e: EntryStatus) -> JSON:
         "count": e.count,
         "mode": e.mode,
         "position": e.position,
+        "priority": e.priority,
         "ttlSeconds": e.ttl,
         "renewals": e.renewals,
         "renewedAt": e.renewed_at,
@@ -113,15 +114,18 @@ def rows_table(objects: tuple[ObjectStatus, ...], *, watch: bool = False) -> lis
 
 def entries_table(o: ObjectStatus, *, ids: bool = True, counts: bool = False) -> str:
     """The holders and waiters of one object (holders first, then the queue in order)."""
+    ranked = any(e.priority for e in o.entries)  # a column only where priorities are used
     headers: list[str] = ["ROLE", "POS", "IDENTITY"]
     headers += ["ID"] if ids else []
     headers += ["COUNT"] if counts else []
+    headers += ["PRIORITY"] if ranked else []
     headers += ["TOKEN", "TTL", "RENEWED", "EXPIRES"]
     rows = []
     for e in o.entries:
         row: list[Any] = [role(e), "-" if e.position is None else e.position, e.identity]
         row += [e.id] if ids else []
         row += [e.count] if counts else []
+        row += [e.priority or 0] if ranked else []
         row += [
             "-" if e.token is None else e.token,
             ttl_text(e.ttl),

@@ -103,6 +103,31 @@ async def test_describe_shows_holders_waiters_in_queue_order_tokens_and_ttls(
         await a.admin.describe("spaceship", "pool")
 
 
+async def test_describe_lists_waiters_in_the_order_they_will_be_served(
+    clients: Clients,
+) -> None:
+    """With priorities, positions follow the service order, not the stored array order."""
+    a, b, c = clients(identity="a"), clients(identity="b"), clients(identity="c")
+    held = await a.acquire_semaphore("ranked", 1, ttl=10)
+    waits = [asyncio.ensure_future(b.acquire_semaphore("ranked", ttl=10, timeout=30))]
+    await _queued(a, "ranked", 1)
+    waits.append(
+        asyncio.ensure_future(c.acquire_semaphore("ranked", ttl=10, timeout=30, priority=20))
+    )
+    (current,) = await _queued(a, "ranked", 2)
+    assert [(w.identity, w.position, w.priority) for w in current.waiters] == [
+        ("c", 1, 20),
+        ("b", 2, 0),
+    ]
+    await held.release()
+    done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    assert [t.result().holder for t in done] == ["c"]
+    for t in done:
+        await t.result().release()
+    for t in waits:
+        await (await t).release()
+
+
 async def test_status_lists_every_kind_with_its_summary(clients: Clients) -> None:
     a = clients(identity="a")
     await a.waitgroup_add("jobs", 2)
