@@ -36,7 +36,11 @@ ROUNDS = 4
 HOLD = 0.5
 
 
-def test_twelve_processes_share_four_permits_safely(kube_crds: Any) -> None:
+@pytest.mark.parametrize("mixed", [False, True], ids=["patches", "patches-cas-priorities"])
+def test_twelve_processes_share_four_permits_safely(kube_crds: Any, mixed: bool) -> None:
+    """``mixed``: every other worker writes by compare-and-swap only (an old Role, or a
+    fleet mid-upgrade) and the workers queue with priorities -1, 0 and 1: the guarded
+    patches must stay sound against whole-status writes and a reordered queue."""
     ns = fresh_namespace(kube_crds)
     cfg = str(kube_crds.admin_kubeconfig)
     name = "fleet"
@@ -57,9 +61,15 @@ def test_twelve_processes_share_four_permits_safely(kube_crds: Any) -> None:
         *("--permits", str(PERMITS), "--rounds", str(ROUNDS), "--hold", str(HOLD)),
         *("--key", key),
     ]
+
+    def extra(i: int) -> list[str]:
+        if not mixed:
+            return []
+        return [*(["--cas"] if i % 2 else []), "--priority", str(i % 3 - 1)]
+
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), *args],
+            [sys.executable, str(WORKER), *args, *extra(i)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -67,7 +77,7 @@ def test_twelve_processes_share_four_permits_safely(kube_crds: Any) -> None:
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
-        for _ in range(PROCESSES)
+        for i in range(PROCESSES)
     ]
     try:
         for p in procs:  # every worker connected before any starts: contention is real
