@@ -14,14 +14,14 @@ from types import TracebackType
 
 from konductor._admin import Admin
 from konductor._config import resolve_store
+from konductor._engine._clock import Clock, SystemClock
+from konductor._engine._runtime import Runtime
 from konductor._names import validate_namespace
 from konductor._primitives._barrier import BarrierMethods
-from konductor._primitives._clock import Clock, SystemClock
 from konductor._primitives._gate import GateMethods
 from konductor._primitives._lease import LeaseMethods
 from konductor._primitives._mutex import MutexMethods
 from konductor._primitives._once import OnceMethods
-from konductor._primitives._runtime import Runtime
 from konductor._primitives._semaphore import SemaphoreMethods
 from konductor._primitives._waitgroup import WaitGroupMethods
 from konductor._store._base import Store

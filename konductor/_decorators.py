@@ -17,13 +17,13 @@ import wrapt
 
 from konductor._client import Client
 from konductor._defaults import default_client, default_sync_client
+from konductor._engine import _validate as check
+from konductor._engine._grant import Guarded
+from konductor._engine._runtime import DEFAULT_TTL
+from konductor._engine._validate import Duration
 from konductor._errors import InvalidArgument
 from konductor._names import validate_name
-from konductor._primitives import _validate as check
-from konductor._primitives._grant import Guarded
-from konductor._primitives._runtime import DEFAULT_TTL
 from konductor._primitives._semaphore import SemaphoreRequest
-from konductor._primitives._validate import Duration
 from konductor._sync import SyncClient, SyncGuard
 
 P = ParamSpec("P")

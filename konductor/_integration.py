@@ -24,10 +24,8 @@ from konductor import _lifecycle as lifecycle
 from konductor._backoff import Backoff
 from konductor._config import store_from_spec
 from konductor._defaults import Settings
-from konductor._primitives._gate_state import Conditions, parse_conditions
-from konductor._primitives._runtime import DEFAULT_TTL
-from konductor._primitives._semaphore import SemaphoreRequest
-from konductor._primitives._validate import (
+from konductor._engine._runtime import DEFAULT_TTL
+from konductor._engine._validate import (
     Duration,
     Ttl,
     async_callable,
@@ -37,6 +35,8 @@ from konductor._primitives._validate import (
     timeout,
     ttl,
 )
+from konductor._primitives._gate_state import Conditions, parse_conditions
+from konductor._primitives._semaphore import SemaphoreRequest
 from konductor._typing import ExcInfo
 
 

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from konductor._primitives._clock import Clock
-    from konductor._primitives._grant import Grant
-    from konductor._primitives._hub import Hub
-    from konductor._primitives._renewal import Entry
+    from konductor._engine._clock import Clock
+    from konductor._engine._grant import Grant
+    from konductor._engine._hub import Hub
+    from konductor._engine._renewal import Entry
     from konductor._store._base import Store
     from konductor._store._kinds import Kind
 

@@ -34,6 +34,9 @@ from konductor import _lifecycle as lifecycle
 from konductor._admin import SyncAdmin
 from konductor._backoff import Backoff
 from konductor._client import Client
+from konductor._engine._grant import Grant, Guarded
+from konductor._engine._runtime import DEFAULT_TTL
+from konductor._engine._validate import Duration
 from konductor._errors import (
     ClientClosed,
     ConfigurationError,
@@ -42,10 +45,7 @@ from konductor._errors import (
     LeaseLost,
     StoreUnavailable,
 )
-from konductor._primitives._grant import Grant, Guarded
 from konductor._primitives._lease import Lease
-from konductor._primitives._runtime import DEFAULT_TTL
-from konductor._primitives._validate import Duration
 from konductor._store._base import Store
 from konductor._typing import ExcInfo
 

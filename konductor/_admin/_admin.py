@@ -21,6 +21,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from konductor._backoff import Backoff
+from konductor._engine import _queue_state as queue_state
+from konductor._engine._clock import micro_time
+from konductor._engine._expiry import ExpiryTracker
+from konductor._engine._hub import Hub
+from konductor._engine._parse import Where
+from konductor._engine._runtime import Runtime
+from konductor._engine._waiting import update_fresh
 from konductor._errors import (
     AlreadyExists,
     Conflict,
@@ -33,13 +40,6 @@ from konductor._errors import (
 from konductor._names import validate_name
 from konductor._primitives import _gate_state as gate_state
 from konductor._primitives import _lease_state as lease_state
-from konductor._primitives import _queue_state as queue_state
-from konductor._primitives._clock import micro_time
-from konductor._primitives._expiry import ExpiryTracker
-from konductor._primitives._hub import Hub
-from konductor._primitives._parse import Where
-from konductor._primitives._runtime import Runtime
-from konductor._primitives._waiting import update_fresh
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import (
     BARRIER,
@@ -485,7 +485,7 @@ class Admin:
             InvalidArgument / InvalidName: bad ``name`` or ``permits``.
             AlreadyExists: it exists with another count and ``update`` is false.
         """
-        from konductor._primitives import _validate as check
+        from konductor._engine import _validate as check
 
         validate_name(name)
         permits = check.positive_int(permits, "permits")

@@ -14,16 +14,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from konductor._engine import _queue_state as queue_state
+from konductor._engine._expiry import ExpiryTracker
+from konductor._engine._hub import Entries, entries_of
+from konductor._engine._parse import Where
 from konductor._errors import CorruptState
 from konductor._primitives import _barrier_state as barrier_state
 from konductor._primitives import _gate_state as gate_state
 from konductor._primitives import _lease_state as lease_state
 from konductor._primitives import _once_state as once_state
-from konductor._primitives import _queue_state as queue_state
 from konductor._primitives import _waitgroup_state as waitgroup_state
-from konductor._primitives._expiry import ExpiryTracker
-from konductor._primitives._hub import Entries, entries_of
-from konductor._primitives._parse import Where
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import (
     BARRIER,

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from konductor import _limits as limits
-from konductor._primitives import _parse as p
-from konductor._primitives._parse import Where
+from konductor._engine import _parse as p
+from konductor._engine._parse import Where
 from konductor._store._kinds import BARRIER
 
 JSON = dict[str, Any]

@@ -18,18 +18,18 @@ import logging
 import weakref
 from dataclasses import dataclass
 
+from konductor._engine import _validate as check
+from konductor._engine._clock import micro_time
+from konductor._engine._hub import Hub, entries_of
+from konductor._engine._parse import Where
+from konductor._engine._runtime import HasRuntime, Runtime
+from konductor._engine._validate import Duration
+from konductor._engine._waiting import deadline_of, expired, update_fresh, wait_any
 from konductor._errors import AlreadyExists, NotFound, WaitTimeout
 from konductor._names import validate_name
 from konductor._primitives import _gate_state as state
-from konductor._primitives import _validate as check
 from konductor._primitives._barrier import barrier_hub
-from konductor._primitives._clock import micro_time
 from konductor._primitives._gate_state import Conditions, GateCondition
-from konductor._primitives._hub import Hub, entries_of
-from konductor._primitives._parse import Where
-from konductor._primitives._runtime import HasRuntime, Runtime
-from konductor._primitives._validate import Duration
-from konductor._primitives._waiting import deadline_of, expired, update_fresh, wait_any
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import GATE, JOB, ONCE
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
 from konductor import _limits as limits
+from konductor._engine import _parse as p
+from konductor._engine._parse import Where
 from konductor._errors import InvalidArgument
 from konductor._names import validate_name
-from konductor._primitives import _parse as p
-from konductor._primitives._parse import Where
 from konductor._store._kinds import GATE
 
 JSON = dict[str, Any]

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from konductor._primitives._parse import Where, corrupt
+from konductor._engine._parse import Where, corrupt
 from konductor._store._kinds import LEASE
 
 JSON = dict[str, Any]

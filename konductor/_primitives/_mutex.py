@@ -8,15 +8,15 @@ starve. Each lock carries a fencing token that increases with every grant.
 
 from __future__ import annotations
 
+from konductor._engine import _queue_state as state
+from konductor._engine import _validate as check
+from konductor._engine._grant import Grant, Guarded
+from konductor._engine._queued import Queued
+from konductor._engine._renewal import Entry
+from konductor._engine._runtime import DEFAULT_TTL, HasRuntime, Runtime
+from konductor._engine._validate import Duration, Ttl
 from konductor._errors import MutexLost
 from konductor._names import validate_name
-from konductor._primitives import _queue_state as state
-from konductor._primitives import _validate as check
-from konductor._primitives._grant import Grant, Guarded
-from konductor._primitives._queued import Queued
-from konductor._primitives._renewal import Entry
-from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
-from konductor._primitives._validate import Duration, Ttl
 from konductor._store._base import JSON
 from konductor._store._kinds import MUTEX, RWMUTEX
 

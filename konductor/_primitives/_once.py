@@ -23,6 +23,14 @@ from typing import TypeVar
 
 from konductor import _observe as observe
 from konductor._backoff import Backoff
+from konductor._engine import _validate as check
+from konductor._engine._clock import micro_time
+from konductor._engine._grant import in_background
+from konductor._engine._hub import WRITE_FLOOR, Hub, Sends
+from konductor._engine._parse import Where
+from konductor._engine._renewal import NEVER, Entry
+from konductor._engine._runtime import DEFAULT_TTL, HasRuntime, Runtime
+from konductor._engine._validate import Duration
 from konductor._errors import (
     AlreadyExists,
     InvalidArgument,
@@ -34,14 +42,6 @@ from konductor._errors import (
 )
 from konductor._names import validate_name
 from konductor._primitives import _once_state as state
-from konductor._primitives import _validate as check
-from konductor._primitives._clock import micro_time
-from konductor._primitives._grant import in_background
-from konductor._primitives._hub import WRITE_FLOOR, Hub, Sends
-from konductor._primitives._parse import Where
-from konductor._primitives._renewal import NEVER, Entry
-from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
-from konductor._primitives._validate import Duration
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import ONCE
 

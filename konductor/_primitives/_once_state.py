@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from konductor import _limits as limits
+from konductor._engine import _parse as p
+from konductor._engine._parse import Where
 from konductor._errors import CorruptState
-from konductor._primitives import _parse as p
-from konductor._primitives._parse import Where
 from konductor._store._kinds import ONCE
 
 JSON = dict[str, Any]

@@ -11,17 +11,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from konductor._engine import _queue_state as state
+from konductor._engine import _validate as check
+from konductor._engine._grant import Grant, Guarded
+from konductor._engine._parse import Where
+from konductor._engine._queued import Queued
+from konductor._engine._renewal import Entry
+from konductor._engine._runtime import DEFAULT_TTL, HasRuntime, Runtime
+from konductor._engine._validate import Duration, Ttl
 from konductor._errors import InvalidArgument, SemaphoreLost
 from konductor._limits import MAX_PERMITS
 from konductor._names import validate_name
-from konductor._primitives import _queue_state as state
-from konductor._primitives import _validate as check
-from konductor._primitives._grant import Grant, Guarded
-from konductor._primitives._parse import Where
-from konductor._primitives._queued import Queued
-from konductor._primitives._renewal import Entry
-from konductor._primitives._runtime import DEFAULT_TTL, HasRuntime, Runtime
-from konductor._primitives._validate import Duration, Ttl
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import SEMAPHORE
 

@@ -17,15 +17,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from konductor._engine import _validate as check
+from konductor._engine._hub import entries_of
+from konductor._engine._parse import Where
+from konductor._engine._runtime import HasRuntime, Runtime
+from konductor._engine._validate import Duration
+from konductor._engine._waiting import deadline_of, update_fresh, watch_until
 from konductor._errors import AlreadyExists, InvalidArgument, NotFound, WaitTimeout
 from konductor._names import validate_name
-from konductor._primitives import _validate as check
 from konductor._primitives import _waitgroup_state as state
-from konductor._primitives._hub import entries_of
-from konductor._primitives._parse import Where
-from konductor._primitives._runtime import HasRuntime, Runtime
-from konductor._primitives._validate import Duration
-from konductor._primitives._waiting import deadline_of, update_fresh, watch_until
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import WAITGROUP
 

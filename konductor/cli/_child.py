@@ -26,7 +26,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from konductor._primitives._grant import Grant
+from konductor._engine._grant import Grant
 from konductor.cli._common import TERMINAL_SIGNALS, ChildLost, Session, foreground_of_terminal
 
 NOT_FOUND = 127

@@ -32,9 +32,9 @@ import yaml
 
 from konductor._admin import ObjectStatus
 from konductor._client import Client
+from konductor._engine._grant import Grant
 from konductor._errors import ConfigurationError, KonductorError
 from konductor._names import validate_name
-from konductor._primitives._grant import Grant
 from konductor._store._base import Store
 
 T = TypeVar("T")

@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeAlias
 
 from konductor._admin import ObjectStatus
+from konductor._engine import _validate as check
+from konductor._engine._grant import Grant
+from konductor._engine._runtime import DEFAULT_TTL
 from konductor._errors import InvalidArgument, KonductorError
-from konductor._primitives import _validate as check
-from konductor._primitives._grant import Grant
-from konductor._primitives._runtime import DEFAULT_TTL
 from konductor.cli._common import Session, duration
 
 Handler = Callable[[Session], Awaitable[int]]

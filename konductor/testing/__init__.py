@@ -14,7 +14,7 @@
 """
 
 from konductor._client import Client
-from konductor._primitives._clock import Clock, FakeClock
+from konductor._engine._clock import Clock, FakeClock
 from konductor._store._memory import MemoryStore
 from konductor._sync import SyncClient
 

@@ -23,7 +23,7 @@ import pytest
 
 from konductor._client import Client
 from konductor._defaults import configure
-from konductor._primitives._clock import FakeClock
+from konductor._engine._clock import FakeClock
 from konductor._store._memory import MemoryStore
 from konductor._sync import SyncClient
 

@@ -57,7 +57,7 @@ def test_the_cli_writes_and_watches_no_store_itself() -> None:
 def test_the_check_finds_what_it_looks_for() -> None:
     """The two checks above would see a state import or a store write if there were one."""
     tree = ast.parse(
-        "from konductor._primitives import _queue_state as q\n"
+        "from konductor._engine import _queue_state as q\n"
         "await store.replace_status(K, n, s, version=v)\n"
     )
     imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from konductor._primitives._hub import WRITE_FLOOR
+from konductor._engine._hub import WRITE_FLOOR
 from tests.cli.support import Target, eventually, finish, kill_all
 from tests.store.conftest import kubeconfig_via
 from tests.support.tcpproxy import TcpProxy

@@ -14,7 +14,7 @@ import pytest
 import konductor
 import konductor.store
 from konductor import Client, InvalidArgument, InvalidName, LocalStore, MemoryStore, SyncClient
-from konductor._primitives import _validate as check
+from konductor._engine import _validate as check
 from konductor._primitives._semaphore import SemaphoreRequest
 
 

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 import konductor.metrics
 from konductor import Client, StoreUnavailable
-from konductor._primitives._clock import FakeClock
+from konductor._engine._clock import FakeClock
 from konductor._store._base import StoredObject
 from konductor._store._kinds import Kind
 from konductor._store._memory import MemoryStore

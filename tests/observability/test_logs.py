@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from konductor import Client
-from konductor._primitives._clock import FakeClock, settle
+from konductor._engine._clock import FakeClock, settle
 from konductor.testing import simulate_crash
 from tests.observability.conftest import FlakyStore
 

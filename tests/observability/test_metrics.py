@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import konductor.metrics
 from konductor import AcquireTimeout, Client, LeaseLost, SemaphoreLost
-from konductor._primitives._clock import FakeClock, settle
+from konductor._engine._clock import FakeClock, settle
 from konductor._store._kinds import LEASE, SEMAPHORE
 from konductor.testing import simulate_crash
 from tests.observability.conftest import FlakyStore

@@ -13,7 +13,7 @@ from opentelemetry.trace import StatusCode
 
 import konductor.tracing
 from konductor import AcquireTimeout, Client, SemaphoreLost
-from konductor._primitives._clock import FakeClock, settle
+from konductor._engine._clock import FakeClock, settle
 from tests.observability.conftest import FlakyStore
 
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from konductor import Client, InvalidArgument, InvalidName, NotFound, WaitTimeout
+from konductor._engine._clock import settle
 from konductor._primitives._barrier import barrier_hub
-from konductor._primitives._clock import settle
 from konductor.store import BARRIER, MemoryStore
 from konductor.testing import FakeClock
 from tests.store.conftest import Backend

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from konductor import Client, LostError
-from konductor._primitives._hub import WRITE_FLOOR
+from konductor._engine._hub import WRITE_FLOOR
 from konductor.store import KubernetesStore
 from tests.store.conftest import fresh_namespace, kubeconfig_via
 from tests.support.tcpproxy import TcpProxy

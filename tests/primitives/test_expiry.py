@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from konductor._primitives import _queue_state as state
-from konductor._primitives._expiry import ExpiryTracker
+from konductor._engine import _queue_state as state
+from konductor._engine._expiry import ExpiryTracker
 from konductor.store import SEMAPHORE, StoredObject
 
 TICKET = {

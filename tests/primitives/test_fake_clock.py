@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from konductor import Client, SemaphoreLost
-from konductor._primitives._clock import settle
+from konductor._engine._clock import settle
 from konductor.store import SEMAPHORE, MemoryStore
 from konductor.testing import FakeClock, simulate_crash
 from tests.support.fakes import FlakyStore

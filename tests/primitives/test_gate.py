@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from konductor import Client, InvalidArgument, InvalidName, NotFound, WaitTimeout
-from konductor._primitives._clock import settle
+from konductor._engine._clock import settle
 from konductor._primitives._gate import GateInfo
 from konductor._primitives._gate_state import GateCondition
 from konductor.store import GATE, JOB, ONCE, MemoryStore

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from konductor import Client, LeaseLost
-from konductor._primitives._clock import settle
+from konductor._engine._clock import settle
 from konductor._primitives._lease import Lease
 from konductor.store import LEASE, MemoryStore
 from konductor.testing import FakeClock, simulate_crash

@@ -8,7 +8,7 @@ import functools
 import pytest
 
 from konductor import Client, LostError
-from konductor._primitives._clock import settle
+from konductor._engine._clock import settle
 from konductor.store import ONCE, MemoryStore
 from konductor.testing import FakeClock, simulate_crash
 from tests.support.fakes import FlakyStore

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from konductor._primitives import _queue_state as s
-from konductor._primitives._expiry import ExpiryTracker
+from konductor._engine import _queue_state as s
+from konductor._engine._expiry import ExpiryTracker
 from konductor._store import _jsonpatch as jp
 
 W = "2026-11-26T00:00:00.000000Z"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from konductor import Client, Conflict, InvalidArgument, InvalidName, NotFound, WaitTimeout
-from konductor._primitives._clock import settle
+from konductor._engine._clock import settle
 from konductor.store import WAITGROUP, Kind, MemoryStore, StoredObject
 from konductor.testing import FakeClock
 from tests.store.conftest import Backend

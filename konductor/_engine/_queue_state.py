@@ -40,9 +40,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from konductor import _limits as limits
+from konductor._engine import _parse as p
+from konductor._engine._parse import Where
 from konductor._errors import CorruptState
-from konductor._primitives import _parse as p
-from konductor._primitives._parse import Where
 from konductor._store import _jsonpatch as jp
 from konductor._store._base import StoredObject
 from konductor._store._kinds import MUTEX as MUTEX_KIND

@@ -15,8 +15,8 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from konductor import _observe as observe
+from konductor._engine._renewal import Entry
 from konductor._errors import LostError
-from konductor._primitives._renewal import Entry
 
 log = logging.getLogger("konductor")
 

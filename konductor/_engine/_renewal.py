@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from konductor import _observe as observe
+from konductor._engine._clock import Clock, micro_time
+from konductor._engine._hub import WRITE_FLOOR, Hub, NewState, Sends
 from konductor._errors import KonductorError, NotFound
-from konductor._primitives._clock import Clock, micro_time
-from konductor._primitives._hub import WRITE_FLOOR, Hub, NewState, Sends
 from konductor._store._base import JSON, StoredObject
 
 log = logging.getLogger("konductor")

@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 
 from konductor import _observe as observe
 from konductor._backoff import Backoff
+from konductor._engine._clock import Clock
+from konductor._engine._expiry import ExpiryTracker
 from konductor._errors import (
     Conflict,
     CorruptState,
@@ -40,8 +42,6 @@ from konductor._errors import (
     NotFound,
     StoreUnavailable,
 )
-from konductor._primitives._clock import Clock
-from konductor._primitives._expiry import ExpiryTracker
 from konductor._store._base import JSON, Store, StoredObject, version_newer
 from konductor._store._kinds import Kind
 
@@ -99,7 +99,7 @@ class Patch:
     """A decided change as a guarded JSON Patch, and the status it leads to.
 
     ``ops`` test exactly what the decision depended on (see
-    :func:`konductor._primitives._queue_state.patch_ops`), so the write
+    :func:`konductor._engine._queue_state.patch_ops`), so the write
     succeeds on the object as it is when it arrives unless one of those parts
     changed: writers stop conflicting over changes that do not matter to them.
     ``status`` is the status the decision computed (for combining updates and

@@ -11,8 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from konductor._primitives._clock import Clock
-from konductor._primitives._hub import Hub
+from konductor._engine._clock import Clock
+from konductor._engine._hub import Hub
 from konductor._store._base import JSON, StoredObject
 
 T = TypeVar("T")

@@ -19,6 +19,13 @@ from typing import Generic, TypeVar
 
 from konductor import _observe as observe
 from konductor._backoff import Backoff
+from konductor._engine import _queue_state as state
+from konductor._engine._clock import micro_time
+from konductor._engine._grant import Grant
+from konductor._engine._hub import WRITE_FLOOR, Hub, NewState, Patch, Sends
+from konductor._engine._parse import Where
+from konductor._engine._renewal import NEVER, Entry
+from konductor._engine._runtime import Runtime
 from konductor._errors import (
     AcquireTimeout,
     AlreadyExists,
@@ -26,13 +33,6 @@ from konductor._errors import (
     NotFound,
     StoreUnavailable,
 )
-from konductor._primitives import _queue_state as state
-from konductor._primitives._clock import micro_time
-from konductor._primitives._grant import Grant
-from konductor._primitives._hub import WRITE_FLOOR, Hub, NewState, Patch, Sends
-from konductor._primitives._parse import Where
-from konductor._primitives._renewal import NEVER, Entry
-from konductor._primitives._runtime import Runtime
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import Kind
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from konductor._engine._clock import Clock
+from konductor._engine._hub import Entries, Hub, Settle
+from konductor._engine._renewal import Renewer
 from konductor._errors import ClientClosed, InvalidArgument
 from konductor._limits import MAX_IDENTITY
-from konductor._primitives._clock import Clock
-from konductor._primitives._hub import Entries, Hub, Settle
-from konductor._primitives._renewal import Renewer
 from konductor._store._base import Store
 from konductor._store._kinds import Kind
 
