@@ -102,7 +102,7 @@ def positive_int(value: int, what: str, *, maximum: int | None = None) -> int:
     return value
 
 
-def priority(value: object) -> int:
+def priority(value: int) -> int:
     """A queued request's priority: an int in -100..100 (higher is served sooner).
 
     Raises:
@@ -110,12 +110,14 @@ def priority(value: object) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(
-            f"priority must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}, got {value!r}"
+            f"priority must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}, got {value!r}",
+            argument="priority",
         )
     if not MIN_PRIORITY <= value <= MAX_PRIORITY:
         raise InvalidArgument(
             f"priority must be from {MIN_PRIORITY} to {MAX_PRIORITY} (higher is served "
-            f"sooner; the default is 0), got {value}"
+            f"sooner; the default is 0), got {value}",
+            argument="priority",
         )
     return value
 
