@@ -1,4 +1,4 @@
-"""One shared view of one object per client: cache, watch, expiry, CAS loop.
+"""One shared view of one object per client: cache, watch, expiry, the write loop.
 
 Every waiter and holder of the same object in a process shares its hub, so a
 process opens at most one watch per object however many tasks wait on it,
@@ -18,7 +18,9 @@ delivered nothing for WATCH_SILENCE seconds while writes of ours conflicted
 twice in a row with versions it never delivered) is reopened at once. A watch
 that merely lags under load keeps delivering and is left alone: reopening it
 would add load where there is too much already. Waiters never depend on the
-watch for safety (every decision is a compare-and-swap), only for promptness.
+watch for safety (every decision is a compare-and-swap, or a JSON Patch that
+the store applies only if what the decision read is unchanged), only for
+promptness.
 """
 
 from __future__ import annotations
@@ -405,7 +407,14 @@ class Hub:
                 self._settle_soon(written)
             for item in changed:
                 if item.sends is not None:
-                    item.sends.committed = attempt_at
+                    # A compare-and-swap lands once: an earlier attempt that had
+                    # landed would have made this one conflict. A patch can land
+                    # twice (an append re-sent after its answer was lost), so its
+                    # change counts from the first attempt: earlier, so safe.
+                    first = item.sends.first
+                    item.sends.committed = (
+                        attempt_at if ops is None or first is None else min(first, attempt_at)
+                    )
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
                     item.future.set_result((result, written))

@@ -1,7 +1,9 @@
 """The engine of queued grants: semaphore, mutex and read-write mutex.
 
-Every decision is a pure transition from :mod:`._queue_state` applied by
-compare-and-swap through the object's :class:`Hub`. This module adds the
+Every decision is a pure transition from :mod:`._queue_state`, written through
+the object's :class:`Hub` as a guarded JSON Patch that tests exactly what the
+decision read (:func:`._queue_state.patch_ops`), or by compare-and-swap where
+no such patch can say it. This module adds the
 waiting (watch-driven, waking at the earliest moment a blocking entry could
 expire on this observer's clock), the renewal of queue tickets and grants, and
 the clean-up that makes a cancelled or timed-out acquire leave no ticket and
