@@ -578,11 +578,25 @@ class Hub:
             await asyncio.sleep(backoff.next_delay())
 
     async def close(self) -> None:
-        """Stop the watch; a write in flight ends, one waiting to be retried fails now."""
-        self._closing = True
+        """Stop the watch; a write in flight ends, one waiting to be retried fails now.
+
+        A settle still due (a patch of ours may have left ``waiting`` behind)
+        is made now, within :data:`WRITE_FLOOR`, so that the printer columns
+        are right when the last process leaves.
+        """
+        due, settle = self._settling is not None, self._settle
         if self._settling is not None:
             self._settling.cancel()
             self._settling = None
+        if due and settle is not None and self.obj is not None:
+            try:
+                await self.update(
+                    lambda obj: (settle(obj), None),
+                    deadline=self.clock.monotonic() + WRITE_FLOOR,
+                )
+            except KonductorError as exc:  # cosmetic: the next write puts it right
+                log.debug("could not settle %s %r on close: %s", self.kind, self.name, exc)
+        self._closing = True
         if self._pause is not None:
             self._pause.cancel()
         if self._linger is not None:

@@ -53,11 +53,26 @@ async def test_mutex_fifo_timeout_and_try(clients: Clients, backend: Backend) ->
         async with client.mutex("f", timeout=60):
             order.append(tag)
 
+    async def queued(count: int) -> dict[str, object]:
+        """The status once ``count`` tickets are queued and ``waiting`` says so.
+
+        No sleeping on a guess: under load a ticket can take longer than any
+        fixed pause to land. ``waiting`` is a derived column: a ticket appended
+        while another writer counted may leave it behind until the write that
+        settles it (at most a second after the object goes quiet).
+        """
+        for _ in range(400):
+            status = (await backend.store.get(MUTEX, "f")).status
+            if len(status.get("queue") or []) >= count and status.get("waiting") == count:
+                return status
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"never {count} tickets and waiting={count}: {status}")
+
     first = asyncio.ensure_future(wait(b, "b"))
-    await asyncio.sleep(0.3)
+    await queued(1)
     second = asyncio.ensure_future(wait(c, "c"))
-    await asyncio.sleep(0.3)
-    assert (await backend.store.get(MUTEX, "f")).status["waiting"] == 2
+    status = await queued(2)
+    assert [t["holder"] for t in status["queue"]] == [b.identity, c.identity]  # type: ignore[attr-defined]
     await held.release()
     await asyncio.gather(first, second)
     assert order == ["b", "c"]
