@@ -55,6 +55,9 @@ P = ParamSpec("P")
 log = logging.getLogger("konductor")
 G = TypeVar("G", bound=Grant)
 StoreSource = Store | Callable[[], Store] | None
+#: Seconds an interrupted call waits for its acquire's clean-up (ticket and any
+#: grant removed) before the interruption propagates.
+CLEANUP_WAIT = 5.0
 
 
 class _Portal:
@@ -74,17 +77,34 @@ class _Portal:
                 "code running on it); use the async konductor.Client there"
             )
 
+        finished = threading.Event()
+
         async def run() -> T:
-            return await fn()
+            try:
+                return await fn()
+            finally:
+                finished.set()
 
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         try:
             return future.result(timeout)
         except BaseException:
-            # KeyboardInterrupt, SystemExit or the caller's own timeout: cancel the
-            # coroutine so that an acquire in flight cleans up after itself.
-            future.cancel()
+            # KeyboardInterrupt, SystemExit, the caller's own timeout, or an
+            # exception raised into this thread (Celery's soft time limit): cancel
+            # the coroutine, and wait (bounded) for an acquire in flight to clean up
+            # after itself, so that nothing is held or queued once this raises.
+            if future.cancel():
+                finished.wait(CLEANUP_WAIT)
+            elif future.done() and not future.cancelled() and future.exception() is None:
+                self._give_back(future.result())
             raise
+
+    def _give_back(self, result: object) -> None:
+        """Release a grant that arrived just as its caller was interrupted (nobody holds it)."""
+        if isinstance(result, Grant):
+            release = asyncio.run_coroutine_threadsafe(result.release(), self.loop)
+            with contextlib.suppress(Exception):
+                release.result(CLEANUP_WAIT)
 
     def stop(self) -> None:
         if self.loop.is_running():

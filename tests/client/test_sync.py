@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -231,3 +232,69 @@ def test_grants_are_released_when_the_process_exits(tmp_path: Any) -> None:
     st = asyncio.run(status())
     assert st["holders"] == []  # released at exit, not left to expire (ttl 120 s)
     assert st["inUse"] == 0
+
+
+class _Interrupted(Exception):
+    """Raised into the waiting thread by a signal, as Celery's soft time limit does."""
+
+
+def test_an_interrupted_acquire_leaves_no_ticket_once_it_raises(
+    kube_crds: Any, tmp_path: Path
+) -> None:
+    """An exception raised into the caller's thread (SIGALRM here; Celery's soft time
+    limit, a KeyboardInterrupt) cancels the acquire, and the call raises only once the
+    ticket is gone: nothing is queued or held after it raised. The waiter's connection
+    is slowed (every chunk 1 s late) so that its clean-up takes long enough to see."""
+    import signal
+
+    from tests.store.conftest import kubeconfig_via
+    from tests.support.tcpproxy import TcpProxy
+
+    ns = fresh_namespace(kube_crds)
+    cfg = str(kube_crds.admin_kubeconfig)
+    proxy = TcpProxy.to(kube_crds.server)
+    slow = str(kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path))
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted()
+
+    with (
+        proxy,
+        SyncClient(lambda: KubernetesStore(ns, kubeconfig=cfg)) as holder,
+        SyncClient(lambda: KubernetesStore(ns, kubeconfig=slow)) as waiter,
+    ):
+        permit = holder.acquire_semaphore("cut", 1, ttl=30)
+        store = KubernetesStore(ns, kubeconfig=cfg)
+
+        def queue() -> list[Any]:
+            obj = holder._call(lambda: store.get(SEMAPHORE, "cut"))
+            return list(obj.status.get("queue") or [])
+
+        def cut_in() -> None:
+            """Once the ticket is queued: slow the waiter's connection, then interrupt."""
+            for _ in range(600):
+                if queue():
+                    break
+                time.sleep(0.05)
+            proxy.delay(1.0)
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGALRM)
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        helper = threading.Thread(target=cut_in)
+        try:
+            helper.start()
+            with pytest.raises(_Interrupted):
+                waiter.acquire_semaphore("cut", ttl=30, timeout=60)
+            left = queue()  # right after it raised, from a connection of its own
+        finally:
+            helper.join(60)
+            signal.signal(signal.SIGALRM, previous)
+            proxy.pass_through()
+        try:
+            status = holder._call(lambda: store.get(SEMAPHORE, "cut"))
+        finally:
+            holder._call(store.close)
+        assert left == []  # the ticket was withdrawn before the call raised
+        assert [h["token"] for h in status.status["holders"]] == [permit.token]
+        permit.release()
