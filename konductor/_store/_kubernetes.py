@@ -277,8 +277,10 @@ class KubernetesStore(Store):
                 content_type="application/json-patch+json",
             )
         except Invalid as exc:
-            if exc.fields:
-                raise  # the patched object violates the schema (the causes name fields)
+            if exc.status != 422 or exc.fields:
+                # A malformed request (400), or a patched object the schema
+                # rejects (422 whose causes name the fields).
+                raise
             # The API server answers 422 with no field cause when the patch does
             # not apply to the object as it is: a test failed, or a path no
             # longer fits. Either way the object is not what the write was
