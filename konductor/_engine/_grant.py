@@ -66,9 +66,6 @@ class Grant:
         """What is held, for messages: ``permit on semaphore 'payments-api' (token 7)``."""
         return f"{self.what} {self.name!r} (token {self.token})"
 
-    # The CLI still calls the old name; remove once it uses describe() (issue 17).
-    _describe = describe
-
     def ensure_held(self) -> None:
         """Raise the primitive's :class:`LostError` if the grant was lost or released."""
         if self._entry.lost_reason is not None:

@@ -43,9 +43,11 @@ def repair_hint(where: Where, field: str) -> str:
             f"{delete}"
         )
     return (
-        "status is written only through the status subresource, which `kubectl edit` cannot "
-        f"change on every cluster version: delete the object with {delete}; its holders "
-        "and waiters lose their place and the next caller recreates it"
+        f"repair it in place with `konductor repair {kind.kind.lower()} {name}{ns}` (it drops "
+        "the entries that do not parse and keeps the rest, tokens included), or, as status "
+        "is written only through the status subresource, which `kubectl edit` cannot change "
+        f"on every cluster version, delete the object with {delete}; its holders and waiters "
+        "lose their place and the next caller recreates it"
     )
 
 

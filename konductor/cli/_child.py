@@ -118,7 +118,7 @@ async def run_child(
                 loser.cancel()
         if not waiter.done():
             assert grant is not None
-            what = grant._describe()
+            what = grant.describe()
             session.error(f"{what} was lost: {grant.lost_reason}; stopping the command")
             await _stop(proc, own_group, grace)
             raise ChildLost(f"the command was stopped because {what} was lost while it ran")

@@ -170,4 +170,4 @@ async def release_quietly(s: Session, grant: Grant) -> None:
     try:
         await grant.release()
     except KonductorError as exc:
-        s.error(f"could not release {grant._describe()} ({exc}); it expires after its TTL")
+        s.error(f"could not release {grant.describe()} ({exc}); it expires after its TTL")
