@@ -176,23 +176,13 @@ def _problem(check: Callable[[], object]) -> str | None:
 # -- semaphore, mutex, read-write mutex -----------------------------------------------
 
 
-def parse_entry(raw: Any, *, holder: bool) -> queue_state.Slot | None:
-    """A raw holder entry or queue ticket, parsed by the queue's own parser (``None``: corrupt)."""
-    key = "holders" if holder else "queue"
-    try:
-        parsed = queue_state.parse({key: [raw]})
-    except CorruptState:
-        return None
-    return (parsed.holders if holder else parsed.queue)[0]
-
-
 def _raw_list(status: Mapping[str, Any], key: str) -> list[Any]:
     value = status.get(key)
     return list(value) if isinstance(value, list) else []
 
 
 def _parsed(status: Mapping[str, Any], key: str) -> list[queue_state.Slot]:
-    slots = (parse_entry(e, holder=key == "holders") for e in _raw_list(status, key))
+    slots = (queue_state.parse_slot(e, holder=key == "holders") for e in _raw_list(status, key))
     return [s for s in slots if s is not None]
 
 
@@ -222,9 +212,15 @@ def _queued(obj: StoredObject, where: Where, observer: Observer) -> dict[str, An
     problem = _problem(lambda: queue_state.parse(obj.status, where)) or _problem(
         lambda: policy.capacity(obj.spec, where)
     )
-    held = [s for s in (parse_entry(e, holder=True) for e in _raw_list(obj.status, "holders")) if s]
+    held = [
+        s
+        for s in (queue_state.parse_slot(e, holder=True) for e in _raw_list(obj.status, "holders"))
+        if s
+    ]
     queued = [
-        s for s in (parse_entry(e, holder=False) for e in _raw_list(obj.status, "queue")) if s
+        s
+        for s in (queue_state.parse_slot(e, holder=False) for e in _raw_list(obj.status, "queue"))
+        if s
     ]
     next_token: int | None = None
     capacity: int | None = None

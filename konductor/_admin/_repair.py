@@ -32,7 +32,7 @@ from konductor._primitives import _waitgroup_state as waitgroup_state
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import BARRIER, GATE, LEASE, ONCE, WAITGROUP
 
-from ._read import QUEUE_KINDS, parse_entry
+from ._read import QUEUE_KINDS
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _queued(obj: StoredObject, where: Where, next_token: int | None) -> Plan:
             raw = []
         slots = []
         for i, item in enumerate(raw or []):
-            slot = parse_entry(item, holder=key == "holders")
+            slot = queue_state.parse_slot(item, holder=key == "holders")
             if slot is None or slot.id in seen:
                 why = "does not parse" if slot is None else f"repeats id {slot.id!r}"
                 fixed.append(f"removed status.{key}[{i}]: it {why}")

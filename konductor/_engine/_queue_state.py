@@ -293,6 +293,19 @@ _PARSED = _Memo()
 _TRACKED = _Memo()
 
 
+def parse_slot(raw: Any, *, holder: bool) -> Slot | None:
+    """One raw holder entry or queue ticket, checked as :func:`parse` checks it.
+
+    ``None`` for an entry that does not parse. For readers of single entries
+    (the admin API): it does not go through :func:`parse`, whose memo is kept
+    for the statuses every waiter decides on.
+    """
+    try:
+        return _slot(_ANYWHERE, "entry", raw, holder=holder)
+    except CorruptState:
+        return None
+
+
 def parse(status: Mapping[str, Any], where: Where | None = None) -> State:
     """The typed state of a raw status (memoized per status mapping).
 
