@@ -124,15 +124,11 @@ class MemoryStore(Store):
         timeout: float | None = None,
         on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
-        if not kind.has_status:
-            raise InvalidArgument(f"{kind} has no status; write its spec instead")
-        if on_sent is not None:
-            on_sent()
-        await self._round_trip()
-        current = self._existing(kind, name)
-        self._check_version(current, version)
-        validate_status(kind, name, status)
-        return await self._replace(current, status=copy_json(status))
+        def replaced(current: StoredObject) -> JSON:
+            self._check_version(current, version)
+            return copy_json(status)
+
+        return await self._write_status(kind, name, on_sent, replaced)
 
     async def patch_status(
         self,
@@ -143,13 +139,27 @@ class MemoryStore(Store):
         timeout: float | None = None,
         on_sent: Callable[[], None] | None = None,
     ) -> StoredObject:
+        def patched(current: StoredObject) -> JSON:
+            return patched_status(f"{kind} {name!r}", current.spec, current.status, ops)
+
+        return await self._write_status(kind, name, on_sent, patched)
+
+    async def _write_status(
+        self,
+        kind: Kind,
+        name: str,
+        on_sent: Callable[[], None] | None,
+        new_status: Callable[[StoredObject], JSON],
+    ) -> StoredObject:
+        """Write the status ``new_status`` makes of the current object (the one
+        path of replace and patch: kind check, send, read, validate, record)."""
         if not kind.has_status:
             raise InvalidArgument(f"{kind} has no status; write its spec instead")
         if on_sent is not None:
             on_sent()
         await self._round_trip()
         current = self._existing(kind, name)
-        status = patched_status(f"{kind} {name!r}", current.spec, current.status, ops)
+        status = new_status(current)
         validate_status(kind, name, status)
         return await self._replace(current, status=status)
 
