@@ -107,11 +107,31 @@ class _Portal:
                 release.result(CLEANUP_WAIT)
 
     def stop(self) -> None:
+        """Stop the loop thread and close the loop, as ``asyncio.run`` ends.
+
+        Tasks still on the loop (an Event being sent, a watch) are cancelled and
+        given :data:`CLEANUP_WAIT` to finish first: a loop closed under a
+        pending task leaves it pending forever, holding whatever it refers to.
+        """
+        if self.loop.is_running() and threading.current_thread() is not self.thread:
+            finishing = asyncio.run_coroutine_threadsafe(_cancel_the_rest(), self.loop)
+            with contextlib.suppress(Exception):
+                finishing.result(CLEANUP_WAIT + 1)
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=10)
         if not self.loop.is_running():
             self.loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every other task of the running loop and wait (bounded) for them to end."""
+    me = asyncio.current_task()
+    rest = [t for t in asyncio.all_tasks() if t is not me]
+    for task in rest:
+        task.cancel()
+    if rest:
+        await asyncio.wait(rest, timeout=CLEANUP_WAIT)
 
 
 _clients: weakref.WeakSet[SyncClient] = weakref.WeakSet()

@@ -151,6 +151,7 @@ class EventRecorder(observe.Observer):
             "count": 1,
         }
         task = loop.create_task(self._send(store, site, body))
+        self._forget_closed()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -186,10 +187,25 @@ class EventRecorder(observe.Observer):
         except Exception:
             log.exception("could not record a %s Event", body["reason"])
 
+    def _forget_closed(self) -> None:
+        """Forget the sends of event loops that closed.
+
+        One recorder serves every event loop of the process (a SyncClient runs its
+        own), and a loop closed with a send in flight leaves that task pending
+        forever: it must neither be awaited from another loop nor kept.
+        """
+        for task in [t for t in self._tasks if t.get_loop().is_closed()]:
+            self._tasks.discard(task)
+
+    def _of(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[None]]:
+        self._forget_closed()
+        return [t for t in self._tasks if t.get_loop() is loop and not t.done()]
+
     async def drain(self) -> None:
-        """Wait for the Events being sent (tests, and a clean shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait for the Events this event loop is sending (tests, and a clean shutdown)."""
+        loop = asyncio.get_running_loop()
+        while mine := self._of(loop):
+            await asyncio.gather(*mine, return_exceptions=True)
 
 
 recorder: EventRecorder | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 import time
@@ -166,3 +167,26 @@ def test_a_wrong_call_raises_type_error_at_once_without_starting_the_client() ->
         client.acquire_lease()  # type: ignore[call-arg]
     assert client._portal is None  # nothing started
     client.close()
+
+
+def test_closing_cancels_the_tasks_left_on_its_loop_before_closing_it() -> None:
+    # A task left on the loop (an Event being sent, say) must end, not stay pending on a
+    # closed loop forever where nothing can await or collect it.
+    from konductor import MemoryStore
+
+    client = SyncClient(MemoryStore)
+    with client.semaphore("warm", permits=1):  # starts the loop thread
+        pass
+    portal = client._portal
+    assert portal is not None
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    async def start() -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(forever())
+
+    task = asyncio.run_coroutine_threadsafe(start(), portal.loop).result(5)
+    client.close()
+    assert portal.loop.is_closed()
+    assert task.cancelled()

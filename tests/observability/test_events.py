@@ -147,3 +147,28 @@ def test_no_events_machinery_on_the_memory_or_local_store(tmp_path: Any) -> None
         check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+def test_draining_ignores_and_forgets_sends_left_pending_on_a_closed_loop() -> None:
+    # One recorder serves every loop of the process; a loop closed with a send in flight
+    # (a SyncClient's, or a test's) must not break the next loop's drain.
+    recorder = _events.EventRecorder()
+    old = asyncio.new_event_loop()
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    stuck = old.create_task(forever())
+    recorder._tasks.add(stuck)
+    old.run_until_complete(asyncio.sleep(0))
+    old.close()
+    assert not stuck.done()
+
+    async def on_a_new_loop() -> None:
+        mine = asyncio.get_running_loop().create_task(asyncio.sleep(0.01))
+        recorder._tasks.add(mine)
+        await recorder.drain()
+        assert mine.done()
+
+    asyncio.run(on_a_new_loop())
+    assert stuck not in recorder._tasks
