@@ -423,6 +423,67 @@ def test_a_lost_per_connection_permit_closes_its_connection_at_once(
         engine.close()
 
 
+@pytest.mark.kubernetes
+def test_a_statement_in_flight_when_its_permit_is_lost_leaves_its_connection_invalidated(
+    kube_crds: Any, app: str
+) -> None:
+    # Which error the statement in flight ends with is a race (the cancel or the closed
+    # socket reaches psycopg first), and the dialect calls it a disconnect only if the
+    # socket was already closed when it looked. Whatever it is, the Connection must come
+    # out invalidated: otherwise its user's close() rolls back on a dead socket and raises.
+    # Several rounds, since one round may miss the bad interleaving.
+    ns = fresh_namespace(kube_crds)
+
+    def store() -> KubernetesStore:
+        return KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)
+
+    for round_ in range(4):
+        name = f"inflight-{round_}"
+        engine = CoordinatedEngine(
+            SYNC_URL,
+            semaphore=name,
+            max_connections=1,
+            pool_size=1,
+            ttl=3,
+            grow_interval=None,
+            store=store,
+            connect_args={"application_name": app},
+        )
+        try:
+            conn = engine.connect()
+            errors: list[BaseException] = []
+
+            def long_query(
+                conn: sqlalchemy.Connection = conn, errors: list[BaseException] = errors
+            ) -> None:
+                try:
+                    conn.execute(text("SELECT pg_sleep(60)"))
+                except sqlalchemy.exc.DBAPIError as exc:
+                    errors.append(exc)
+
+            query = threading.Thread(target=long_query, daemon=True)
+            query.start()
+            eventually(lambda: pg_count(app) == 1, what="the long query running")
+
+            async def take_away(name: str = name) -> None:  # as if judged expired
+                async with store() as s:
+                    obj = await s.get(SEMAPHORE, name)
+                    status = {**obj.status, "holders": [], "inUse": 0}
+                    await s.replace_status(SEMAPHORE, name, status, version=obj.version)
+
+            asyncio.run(take_away())
+            query.join(30)
+            assert not query.is_alive()
+            [error] = errors
+            assert isinstance(error, sqlalchemy.exc.DBAPIError)
+            assert error.connection_invalidated, repr(error)
+            assert conn.invalidated
+            conn.close()  # no rollback on the closed socket: does not raise
+            closed(app)
+        finally:
+            engine.close()
+
+
 # --- asyncio -------------------------------------------------------------------------
 
 

@@ -26,12 +26,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
 from konductor import InvalidArgument
-from konductor.integrations._sqlalchemy._slots import Core, Item, Settings
+from konductor.integrations._sqlalchemy._slots import (
+    Core,
+    Item,
+    Settings,
+    severed_is_disconnect,
+)
 
 
 class _CoordinatedPool(Pool):
@@ -183,3 +189,5 @@ def install(engine_pool_owner: Any, core: Core, settings: Settings) -> None:
     )
     old.dispose()
     engine_pool_owner.pool = new
+    if not event.contains(engine_pool_owner, "handle_error", severed_is_disconnect):
+        event.listen(engine_pool_owner, "handle_error", severed_is_disconnect)

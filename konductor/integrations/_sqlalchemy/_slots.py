@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import queue as sqla_queue
 
@@ -67,6 +68,8 @@ Handle = SyncGrant[Permit] | Permit
 #: Seconds between the background checks for a lost grant (local, no API call). A loss is
 #: acted on when the grant's ``lost`` event fires; this check is only the fallback.
 LOSS_CHECK = 1.0
+#: ``record_info`` key of a pooled connection taken away from its user after a loss.
+SEVERED = "konductor.severed"
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,17 @@ def _terminate(record: ConnectionPoolEntry, why: str) -> None:
     reads the answer, ``sqlalchemy.exc.InternalError`` (psycopg); the next call
     on that connection raises the dialect's disconnect error
     (``connection_invalidated`` true).
+
+    The record is marked :data:`SEVERED` first, so that whatever error its
+    user's statement ends with is treated as a disconnect (see
+    :func:`severed_is_disconnect`): which error the driver raises depends on
+    whether the cancel or the closed socket reaches it first, and the dialect
+    only calls an error a disconnect if the socket was already closed when it
+    looked.
     """
+    info = record.record_info  # (a pool entry's is always a dict; None is for a detached one)
+    if info is not None:
+        info[SEVERED] = why
     cancel = getattr(record.driver_connection, "cancel", None)
     if callable(cancel) and not inspect.iscoroutinefunction(cancel):
         try:
@@ -118,6 +131,23 @@ def _terminate(record: ConnectionPoolEntry, why: str) -> None:
         record.invalidate(LostConnection(why))
     except Exception:
         log.warning("closing a connection that lost its permit failed", exc_info=True)
+
+
+def severed_is_disconnect(context: ExceptionContext) -> None:
+    """``handle_error`` hook: any error on a connection taken away after a loss is a disconnect.
+
+    So SQLAlchemy invalidates that ``Connection`` at once (its user's
+    ``close()`` then does not try a rollback on a closed socket, and the error
+    says ``connection_invalidated``), and only that one: the rest of the pool
+    is healthy (``invalidate_pool_on_disconnect`` off).
+    """
+    conn = context.connection
+    if conn is None or conn.closed or conn.invalidated:
+        return
+    info = conn.connection.record_info
+    if info is not None and SEVERED in info:
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False
 
 
 class LostConnection(SemaphoreLost):
@@ -257,6 +287,8 @@ class Core:
                 return
             self.in_use -= 1
             self._out.discard(record)
+            if record.record_info is not None:
+                record.record_info.pop(SEVERED, None)
             if record in self._dropped:  # taken away after a loss: its slot is paid
                 self._dropped.discard(record)
                 self._records.discard(record)
