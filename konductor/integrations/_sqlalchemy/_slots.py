@@ -36,15 +36,17 @@ hooks are in :mod:`._process`.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -101,36 +103,116 @@ def _close(record: ConnectionPoolEntry) -> None:
 def _terminate(record: ConnectionPoolEntry, why: str) -> None:
     """Take a connection in use away from its user: its permit is gone.
 
-    The statement in flight is cancelled first where the driver offers a
-    blocking ``cancel()`` (psycopg, psycopg2: safe from another thread), so
-    that the server ends the backend now rather than when the query would
-    finish; then the record is invalidated, which closes the socket. The
-    statement in flight raises ``sqlalchemy.exc.OperationalError`` (the
-    cancel, or the closed socket) or, when the socket closes while the driver
-    reads the answer, ``sqlalchemy.exc.InternalError`` (psycopg); the next call
-    on that connection raises the dialect's disconnect error
-    (``connection_invalidated`` true).
+    Its user's thread may be inside the driver, blocked reading the socket, so
+    the socket is never closed under it (a closed descriptor number is reused
+    by the next socket the process opens, which that thread would then read).
+    Instead:
+
+    1. the statement in flight is cancelled where the driver offers a blocking
+       cancel (psycopg, psycopg2: safe from another thread), so that the
+       server ends it now rather than when it would finish;
+    2. the socket is **shut down** (both directions): the server sees the
+       client go and ends the backend, and a thread blocked reading wakes with
+       an error; the descriptor stays open until the connection's own user
+       closes it (SQLAlchemy invalidates that ``Connection`` on the error) or
+       it is checked in (:meth:`Core.give_back` closes it);
+    3. the cancel is sent again shortly after, in the background: a statement
+       that reached the server just after the first cancel (which the server
+       ignores while the backend is idle) would otherwise run to its end.
+
+    A driver connection without a socket to shut down (asyncpg) is invalidated
+    at once instead (its transport is aborted on its own event loop).
 
     The record is marked :data:`SEVERED` first, so that whatever error its
     user's statement ends with is treated as a disconnect (see
-    :func:`severed_is_disconnect`): which error the driver raises depends on
-    whether the cancel or the closed socket reaches it first, and the dialect
-    only calls an error a disconnect if the socket was already closed when it
-    looked.
+    :func:`severed_is_disconnect`): the statement in flight raises
+    ``OperationalError`` (the cancel, or the shut-down socket) or ``InternalError``
+    (psycopg, when the socket goes while it reads the answer); the next call on
+    a connection checked out raises the dialect's disconnect error
+    (``connection_invalidated`` true).
     """
     info = record.record_info  # (a pool entry's is always a dict; None is for a detached one)
     if info is not None:
         info[SEVERED] = why
-    cancel = getattr(record.driver_connection, "cancel", None)
-    if callable(cancel) and not inspect.iscoroutinefunction(cancel):
+    driver = record.driver_connection
+    cancel = _canceller(driver)
+    if cancel is not None:
+        _try(cancel, "cancelling the statement of a connection that lost its permit")
+    if _shut_down(driver):
         try:
-            cancel()
+            record.invalidate(LostConnection(why), soft=True)  # recycled, never reused
         except Exception:
-            log.debug("cancelling the statement of a connection that lost its permit failed")
+            log.warning("invalidating a connection that lost its permit failed", exc_info=True)
+        if cancel is not None:
+            threading.Thread(
+                target=_cancel_again, args=(cancel,), name="konductor-cancel", daemon=True
+            ).start()
+        return
     try:
         record.invalidate(LostConnection(why))
     except Exception:
         log.warning("closing a connection that lost its permit failed", exc_info=True)
+
+
+#: Seconds after the first cancel at which a severed connection's statement is cancelled again.
+CANCEL_AGAIN = (0.05, 0.25, 1.0)
+
+
+def _canceller(driver: object) -> Callable[[], object] | None:
+    """A blocking cancel of ``driver``'s statement in flight that works from any thread.
+
+    psycopg's cancel handle (``pgconn.get_cancel()``) keeps working once the
+    connection is gone; otherwise the driver's own ``cancel()`` if it is not
+    a coroutine (psycopg2); ``None`` if neither (asyncpg).
+    """
+    pgconn = getattr(driver, "pgconn", None)
+    get_cancel = getattr(pgconn, "get_cancel", None)
+    if callable(get_cancel):
+        try:
+            handle = get_cancel()
+        except Exception:
+            return None
+        cancel = getattr(handle, "cancel", None)
+        return cancel if callable(cancel) else None
+    cancel = getattr(driver, "cancel", None)
+    if callable(cancel) and not inspect.iscoroutinefunction(cancel):
+        return cast("Callable[[], object]", cancel)
+    return None
+
+
+def _shut_down(driver: object) -> bool:
+    """Shut down ``driver``'s socket without closing it; ``False`` if it has none."""
+    fileno = getattr(driver, "fileno", None)
+    if not callable(fileno):
+        return False
+    try:
+        fd = fileno()
+        if not isinstance(fd, int) or fd < 0:
+            return False
+        with socket.socket(fileno=os.dup(fd)) as dup:  # (shutdown acts on the socket)
+            dup.shutdown(socket.SHUT_RDWR)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:  # the server had already closed it
+            return True
+        log.debug("shutting down the socket of a connection that lost its permit failed: %s", exc)
+        return False
+    except Exception:
+        return False
+    return True
+
+
+def _cancel_again(cancel: Callable[[], object]) -> None:
+    started = time.monotonic()
+    for at in CANCEL_AGAIN:
+        time.sleep(max(0.0, started + at - time.monotonic()))
+        _try(cancel, "cancelling again the statement of a connection that lost its permit")
+
+
+def _try(fn: Callable[[], object], what: str) -> None:
+    try:
+        fn()
+    except Exception as exc:
+        log.debug("%s failed: %s", what, exc)
 
 
 def severed_is_disconnect(context: ExceptionContext) -> None:
@@ -289,15 +371,17 @@ class Core:
             self._out.discard(record)
             if record.record_info is not None:
                 record.record_info.pop(SEVERED, None)
-            if record in self._dropped:  # taken away after a loss: its slot is paid
+            dropped = record in self._dropped
+            if dropped:  # taken away after a loss: its slot is paid
                 self._dropped.discard(record)
                 self._records.discard(record)
-                return
-            reclaim = self.debt > 0
+            reclaim = not dropped and self.debt > 0
             if reclaim:
                 self.debt -= 1
                 self.slots -= 1
-        if reclaim:
+        if dropped:
+            _close(record)  # (its socket was shut down; a no-op if already invalidated)
+        elif reclaim:
             self._records.discard(record)
             _close(record)
         else:
