@@ -260,3 +260,19 @@ def test_a_failed_read_changes_nothing(caplog: pytest.LogCaptureFixture) -> None
     assert drive(plans.rebalance(core, core.generation), answer) == [plans.Look()]
     assert (core.held, core.giving) == (0, 0)
     assert "could not read semaphore 'db' to rebalance" in caplog.text
+
+
+def test_a_checkout_that_keeps_waiting_is_demand_until_it_stops() -> None:
+    """Threads returning connections take them straight back (the queue does not hand
+    a returned one to the longest waiter), so a pool can stay exhausted with no new
+    wait starting: a waiting checkout counts as demand for as long as it waits."""
+    core = SyncCore(settings(), None, None)
+    assert not core.take_demand()
+    core.note_demand()
+    assert core.take_demand()
+    assert not core.take_demand()  # the flag is reset by the growth try
+    core.waiting(1)
+    assert core.take_demand()
+    assert core.take_demand()  # still waiting: still demand
+    core.waiting(-1)
+    assert not core.take_demand()

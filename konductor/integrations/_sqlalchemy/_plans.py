@@ -173,6 +173,7 @@ def rebalance(core: Core, generation: int, *, starting: bool = False) -> Plan:
         starting=starting,
     )
     core.share = decision.share
+    log.debug("semaphore %r: held %d (giving %d), %s", s.semaphore, held, giving, decision)
     if decision.shrink:
         core.give_fair(decision.shrink, decision.why)
         return None

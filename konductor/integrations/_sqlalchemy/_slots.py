@@ -218,6 +218,10 @@ class Core:
         self.last_look = float("-inf")
         self.started = False
         self.demand = False  # a checkout found the pool empty since the last growth try
+        # Checkouts waiting for a slot now. A waiting checkout is demand for as long as it
+        # waits: the threads that return connections take them straight back (the queue
+        # does not hand a returned item to the longest waiter), so new waits can stop.
+        self.waiters = 0
         self.last_grow = float("-inf")
         self.created_semaphore = False
 
@@ -482,12 +486,17 @@ class Core:
     def wake(self) -> None:
         raise NotImplementedError
 
+    def waiting(self, change: int) -> None:
+        """A checkout starts (+1) or stops (-1) waiting for a slot."""
+        with self._lock:
+            self.waiters += change
+
     def grow_due(self) -> bool:
         s = self.s
         if s.mode != "reserve" or s.grow_interval is None or s.rebalance:
             return False  # (with rebalancing, growth is part of the rebalance)
         with self._lock:
-            if not self.demand or self.held >= s.pool_size:
+            if not (self.demand or self.waiters) or self.held >= s.pool_size:
                 return False
             now = time.monotonic()
             if now - self.last_grow < s.grow_interval:
@@ -507,7 +516,7 @@ class Core:
         if self.s.grow_interval is not None:
             if self.s.rebalance and self.started:
                 wait = min(wait, self.last_look + self.s.grow_interval - now)
-            elif self.demand:
+            elif self.demand or self.waiters:
                 wait = min(wait, self.last_grow + self.s.grow_interval - now)
         with self._lock:
             if self._ready:
@@ -538,9 +547,10 @@ class Core:
             return True
 
     def take_demand(self) -> bool:
-        """Whether a checkout found the pool exhausted since the last growth (and reset it)."""
+        """Whether a checkout found the pool exhausted since the last growth, or waits
+        now (and reset the former)."""
         with self._lock:
-            demand, self.demand = self.demand, False
+            demand, self.demand = self.demand or self.waiters > 0, False
             return demand
 
     def give_fair(self, count: int, why: str) -> None:
