@@ -582,6 +582,46 @@ def async_engine(client: Client, app: str, **kwargs: Any) -> AsyncCoordinatedEng
     )
 
 
+async def test_a_shrinking_async_engine_never_takes_a_connection_in_use(app: str) -> None:
+    """The async twin of the sync test: A's 3 connections in use when B arrives."""
+    other = app + "-b"
+
+    async def until(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not check():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.05)
+
+    async with Client(MemoryStore()) as client:
+        a = async_engine(client, app, pool_size=3, grow_interval=0.2)
+        b = async_engine(client, other, pool_size=3, grow_interval=0.2)
+        a._core.member, b._core.member = "0-a", "1-b"  # A gets the remainder of 3 / 2
+        try:
+            await a.start()
+            conns = [await a.connect().start() for _ in range(3)]
+            pid = text("SELECT pg_backend_pid()")
+            pids = [(await c.execute(pid)).scalar_one() for c in conns]
+            starting = asyncio.create_task(b.start())
+            await until(lambda: "giving=1" in a.status(), a.status())
+            looks = a._core.last_look
+            await until(lambda: a._core.last_look >= looks + 0.6, "three more reads")
+            assert [(await c.execute(pid)).scalar_one() for c in conns] == pids
+            assert (a.held, b.held, await asyncio.to_thread(pg_count, app)) == (3, 0, 3)
+            assert not starting.done()
+            await conns[0].close()  # one comes back: closed, then its permit goes to B
+            await asyncio.wait_for(starting, 20)
+            assert (a.held, b.held) == (2, 1)
+            assert await asyncio.to_thread(pg_count, app) == 2
+            assert [(await c.execute(pid)).scalar_one() for c in conns[1:]] == pids[1:]
+            for c in conns[1:]:
+                await c.close()
+        finally:
+            await a.close()
+            await b.close()
+    await asyncio.to_thread(closed, app)
+    await asyncio.to_thread(closed, other)
+
+
 async def test_async_engine_as_users_write_it(app: str) -> None:
     async with Client(MemoryStore()) as client:
         async with async_engine(client, app, pool_size=2, pool_timeout=1) as engine:
