@@ -152,6 +152,9 @@ class FakePermit:
         self.count = count
         self.is_lost = False
         self.released = False
+        self.name = "db"
+        self.token = 1
+        self.lost_reason: str | None = None
 
     def when_lost(self, callback: Callable[[str], None]) -> None:
         pass
@@ -276,3 +279,25 @@ def test_a_checkout_that_keeps_waiting_is_demand_until_it_stops() -> None:
     assert core.take_demand()  # still waiting: still demand
     core.waiting(-1)
     assert not core.take_demand()
+
+
+def test_a_slot_given_up_with_no_single_grant_left_comes_back_as_a_token() -> None:
+    """A loss while giving back: the permits to release are gone already, so the slots
+    given up come back as tokens (then pay the loss's debt) instead of staying unused."""
+    core = SyncCore(settings(), None, None)
+    core.member = "m-a"
+    drive(
+        plans.reservation(core, core.generation),
+        lambda s: seen([]) if isinstance(s, plans.Look) else FakePermit(cast(plans.Try, s).count),
+    )
+    core.give_fair(2, "test")
+    core.reclaim_idle()
+    assert (core.slots, core.giving, core.surplus) == (7, 2, 0)
+    for handle in core.grants[1:]:  # every single permit is lost
+        cast(FakePermit, handle).is_lost = True
+    core.collect_lost()
+    assert (core.held, core.slots, core.debt) == (1, 0, 1)
+    assert core.take_given() == []
+    assert (core.slots, core.debt, core.giving) == (2, 1, 0)
+    core.reclaim_idle()
+    assert (core.held, core.slots, core.debt, core.queue.qsize()) == (1, 1, 0, 1)

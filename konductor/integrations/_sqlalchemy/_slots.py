@@ -595,8 +595,15 @@ class Core:
                 self.grants.remove(h)
                 self.held -= 1
                 self.giving -= 1
-            self._ready = ready[len(taken) :]
+            # Due, but no single grant left to release (one was lost meanwhile): the
+            # permit stays, so its slot comes back as a token rather than stay unused.
+            restored = len(due) - len(taken)
+            self.giving -= restored
+            self.slots += restored
+            self._ready = ready[len(due) :]
             held = self.held
+        for _ in range(restored):
+            self.queue.put_nowait(None)
         if taken:
             log.info(
                 "gave back %d connection permit(s) on semaphore %r for fairness; holds %d",
