@@ -74,6 +74,9 @@ class Request:
     ttl: float
     mode: str = EXCLUSIVE
     priority: int = 0
+    #: Fields recorded on the entry as they are (e.g. an adapter's fair-share
+    #: ``member`` and ``demand``); konductor's own fields win over them.
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -736,6 +739,7 @@ def _slot_of(req: Request, wall: str, next_token: int) -> Slot:
         req.ttl,
         0,
         wall,
+        extra=copy.deepcopy(dict(req.extra)),
         priority=req.priority,
         queued_at=next_token,
     )

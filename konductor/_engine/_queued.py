@@ -62,6 +62,8 @@ class Queued(Generic[G]):
     ``create_spec`` is the spec to create the object with when it is missing
     (``None``: a missing object is an error, ``missing_hint`` says how to fix
     it); ``check(obj)`` validates the request against the cluster's spec.
+    ``extra`` is recorded as is on the ticket and the grant (see
+    :attr:`._queue_state.Request.extra`).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class Queued(Generic[G]):
         check: Callable[[StoredObject], None] | None = None,
         noun: str = "",
         priority: int = 0,
+        extra: JSON | None = None,
     ) -> None:
         self.rt = rt
         self.kind = kind
@@ -94,6 +97,7 @@ class Queued(Generic[G]):
         self.check = check
         self.noun = noun or kind.kind.lower()
         self.priority = priority
+        self.extra: JSON = dict(extra or {})
         self.hub: Hub = rt.hub(
             kind, name, ENTRIES, lambda obj: as_new_state(state.settle(obj.status, policy))
         )
@@ -200,7 +204,13 @@ class Queued(Generic[G]):
     ) -> G | _Again | None:
         clock = self.rt.clock
         req = state.Request(
-            uuid.uuid4().hex, self.rt.identity, self.count, self.ttl, self.mode, self.priority
+            uuid.uuid4().hex,
+            self.rt.identity,
+            self.count,
+            self.ttl,
+            self.mode,
+            self.priority,
+            self.extra,
         )
         entry = self._entry(req.id)
         backoff = Backoff(initial=0.1, cap=2.0)

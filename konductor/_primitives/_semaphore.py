@@ -81,8 +81,12 @@ class SemaphoreRequest:
         )
 
 
-def make(rt: Runtime, request: SemaphoreRequest) -> Queued[Permit]:
-    """A semaphore acquisition site for a parsed request (no API call)."""
+def make(rt: Runtime, request: SemaphoreRequest, extra: JSON | None = None) -> Queued[Permit]:
+    """A semaphore acquisition site for a parsed request (no API call).
+
+    ``extra`` is recorded on the ticket and grant as is (for adapters: see
+    :func:`konductor._integration.acquire_semaphore_noted`).
+    """
     name, permits, count = request.name, request.permits, request.count
     obj_namespace = rt.store.namespace
 
@@ -117,6 +121,7 @@ def make(rt: Runtime, request: SemaphoreRequest) -> Queued[Permit]:
         check=check_spec,
         noun="semaphore",
         priority=request.priority,
+        extra=extra,
     )
 
 

@@ -22,6 +22,13 @@ How (the default ``mode="reserve"``, job-level, no API call per checkout):
   per ``grow_interval`` seconds, to take more permits one at a time (never
   queueing: a process still waiting for its minimum goes first), up to
   ``pool_size``. ``grow_interval=None`` turns growth off.
+- Rebalancing (on by default in reserve mode with growth; ``rebalance=False``
+  turns it off): every ``grow_interval`` each engine reads the semaphore once
+  and moves towards its max-min fair share of the cap (demands: the engines'
+  ``pool_size``; at least ``min_connections``): an engine above its share
+  while another waits or holds less gives permits back, closing idle
+  connections first and never taking a connection in use; one below its share
+  grows to it. See docs/sqlalchemy.md, "Fair shares".
 - A grant that cannot be renewed in time is **lost** (on the holder's own
   deadline, before anyone else can be granted it): that is logged as an
   error on ``konductor.sqlalchemy``, idle connections are closed at once,
@@ -82,6 +89,7 @@ def _settings(
     ttl: Duration,
     reserve_timeout: Duration | None,
     grow_interval: Duration | None,
+    rebalance: bool | None,
 ) -> Settings:
     validate_name(semaphore)
     if max_connections is not None:
@@ -107,6 +115,23 @@ def _settings(
             raise InvalidArgument(
                 f"grow_interval must be positive (or None for no growth), got {interval:g}"
             )
+    if rebalance is not None and not isinstance(rebalance, bool):
+        raise InvalidArgument(
+            f"rebalance must be True, False or None (the default: on in reserve mode with "
+            f"growth), got {rebalance!r}",
+            argument="rebalance",
+        )
+    if rebalance and mode != "reserve":
+        raise InvalidArgument(
+            "rebalance=True needs mode='reserve': per-connection permits are not shared out",
+            argument="rebalance",
+        )
+    if rebalance and interval is None:
+        raise InvalidArgument(
+            "rebalance=True needs a grow_interval: it is the period of the read of the "
+            "semaphore and of the growth towards the fair share",
+            argument="rebalance",
+        )
     return Settings(
         semaphore=semaphore,
         max_connections=max_connections,
@@ -116,6 +141,7 @@ def _settings(
         ttl=check.ttl(ttl),
         reserve_timeout=check.timeout(reserve_timeout),
         grow_interval=interval,
+        rebalance=mode == "reserve" and interval is not None and rebalance is not False,
     )
 
 
@@ -182,6 +208,7 @@ class CoordinatedEngine:
         ttl: Duration = DEFAULT_TTL,
         reserve_timeout: Duration | None = DEFAULT_RESERVE_TIMEOUT,
         grow_interval: Duration | None = DEFAULT_GROW_INTERVAL,
+        rebalance: bool | None = None,
         client: SyncClient | None = None,
         store: StoreSource = None,
         **engine_kwargs: Any,
@@ -195,6 +222,7 @@ class CoordinatedEngine:
             ttl,
             reserve_timeout,
             grow_interval,
+            rebalance,
         )
         _check_source(client, store)
         if isinstance(engine, AsyncEngine):
@@ -312,6 +340,7 @@ class AsyncCoordinatedEngine:
         ttl: Duration = DEFAULT_TTL,
         reserve_timeout: Duration | None = DEFAULT_RESERVE_TIMEOUT,
         grow_interval: Duration | None = DEFAULT_GROW_INTERVAL,
+        rebalance: bool | None = None,
         client: Client | None = None,
         store: StoreSource = None,
         **engine_kwargs: Any,
@@ -325,6 +354,7 @@ class AsyncCoordinatedEngine:
             ttl,
             reserve_timeout,
             grow_interval,
+            rebalance,
         )
         _check_source(client, store)
         if isinstance(engine, Engine):

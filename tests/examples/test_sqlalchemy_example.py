@@ -23,24 +23,36 @@ def run(*args: str) -> str:
         timeout=300,
         cwd=ROOT,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
 
-def check(out: str, pods: int, cap: int) -> None:
+def check(out: str, pods: int, cap: int, shares: list[int]) -> None:
     assert out.count("ran ") == pods, out
-    match = re.search(r"peak (\d+) connections \(<= (\d+)\)", out)
+    assert re.findall(r"held (\d+)", out)[0] == str(min(cap, 4)), out  # the first pod: all
+    match = re.search(r"fair shares \[([\d, ]+)\].* peak (\d+) connections \(<= (\d+)\)", out)
     assert match, out
-    assert int(match.group(1)) <= cap
-    assert int(match.group(2)) == cap
+    assert [int(x) for x in match.group(1).split(",")] == shares
+    assert int(match.group(2)) == cap  # busy pods at their fair shares: all of the cap
+    assert int(match.group(3)) == cap
 
 
 def test_sqlalchemy_example_on_memory() -> None:
-    check(run(), pods=3, cap=6)
+    check(run(), pods=3, cap=6, shares=[2, 2, 2])
 
 
 @pytest.mark.kubernetes
 def test_sqlalchemy_example_on_kubernetes(kube_crds: Any) -> None:
     ns = fresh_namespace(kube_crds)
-    out = run("--kubeconfig", str(kube_crds.admin_kubeconfig), "--namespace", ns, "--queries", "5")
-    check(out, pods=3, cap=6)
+    out = run(
+        "--kubeconfig",
+        str(kube_crds.admin_kubeconfig),
+        "--namespace",
+        ns,
+        "--pods",
+        "2",
+        "--verbose",
+        "--timeout",
+        "20",
+    )
+    check(out, pods=2, cap=6, shares=[3, 3])

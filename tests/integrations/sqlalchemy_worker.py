@@ -7,8 +7,9 @@ tagged ``application_name=--app`` so that the test can count them in
 ``pg_stat_activity``. It then waits for ``--go`` (a file) to exist and runs
 ``--workers`` threads (tasks) of ``--queries`` queries each, more than its pool
 holds, so the pool is saturated. With ``--until`` it runs until that file
-exists instead. Every change of the permits it holds is printed as
-``HELD n``; at the end it prints ``DONE <queries>``.
+exists instead. It prints ``START`` as its workload starts, every change of
+the permits it holds as ``HELD n``, and at the end ``DONE <queries>``.
+``--no-rebalance`` builds the engine with ``rebalance=False``.
 
 ``--fork N``: the sync engine is first used in this process, then N forked
 children (multiprocessing's fork context) each run the workload on the same
@@ -57,6 +58,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-dispose", action="store_true")
     p.add_argument("--fork", type=int, default=0)
     p.add_argument("--async", dest="use_async", action="store_true")
+    p.add_argument("--no-rebalance", dest="rebalance", action="store_false", default=None)
     return p.parse_args()
 
 
@@ -106,6 +108,7 @@ def sync_engine(args: argparse.Namespace) -> CoordinatedEngine:
         min_connections=args.min,
         ttl=args.ttl,
         grow_interval=args.grow_interval,
+        rebalance=args.rebalance,
         reserve_timeout=600,
         store=store_factory(args),
         pool_timeout=600,
@@ -160,6 +163,7 @@ def main_sync(args: argparse.Namespace) -> None:
     say("CREATED")
     wait_for(args.go)
     stop = threading.Event()
+    say("START")
     watcher = watch_held(lambda: engine.held, stop)
     if args.fork:
         with engine.connect() as conn:  # the parent reserves and opens a connection
@@ -198,6 +202,7 @@ async def main_async(args: argparse.Namespace) -> None:
         min_connections=args.min,
         ttl=args.ttl,
         grow_interval=args.grow_interval,
+        rebalance=args.rebalance,
         reserve_timeout=600,
         store=store_factory(args),
         pool_timeout=600,
@@ -214,6 +219,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 say("HELD", last)
             await asyncio.sleep(0.05)
 
+    say("START")
     watcher = asyncio.create_task(watch())
 
     query = text("SELECT 1 FROM pg_sleep(:s)")

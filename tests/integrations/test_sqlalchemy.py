@@ -24,6 +24,7 @@ import psycopg
 import pytest
 import sqlalchemy
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -145,6 +146,9 @@ def test_min_connections_above_pool_size_is_refused() -> None:
         ({"max_overflow": 5}, "no overflow"),
         ({"poolclass": StaticPool}, "installs its own pool"),
         ({"client": object(), "store": MemoryStore}, "not both"),
+        ({"rebalance": "yes"}, "rebalance must be True, False or None"),
+        ({"rebalance": True, "mode": "per_connection"}, "rebalance=True needs mode='reserve'"),
+        ({"rebalance": True, "grow_interval": None}, "rebalance=True needs a grow_interval"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs: dict[str, Any], match: str) -> None:
@@ -262,6 +266,86 @@ def test_reservation_takes_what_is_free_and_grows_on_demand(
     finally:
         big.close()
         small.close()
+
+
+def test_rebalancing_is_on_by_default_in_reserve_mode_with_growth_only() -> None:
+    def rebalance(**kwargs: Any) -> bool:
+        return CoordinatedEngine(SYNC_URL, semaphore="db", **kwargs).settings.rebalance
+
+    assert rebalance()
+    assert rebalance(rebalance=True)
+    assert not rebalance(rebalance=False)
+    assert not rebalance(grow_interval=None)  # no growth: nothing could take a share up
+    assert not rebalance(mode="per_connection")
+    assert AsyncCoordinatedEngine(ASYNC_URL, semaphore="db").settings.rebalance
+
+
+def backend_pids(conns: list[Connection]) -> list[int]:
+    return [int(c.execute(text("SELECT pg_backend_pid()")).scalar_one()) for c in conns]
+
+
+def test_a_shrinking_engine_never_takes_a_connection_in_use(
+    memory_client: SyncClient, app: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """All of A's 3 connections are in use when B arrives (cap 3: shares 2 + 1): A gives
+    one back only when one is returned, and B gets that permit only after it closed."""
+    caplog.set_level(logging.INFO, logger="konductor.sqlalchemy")
+    other = app + "-b"
+    a = sync_engine(memory_client, app, pool_size=3, grow_interval=0.2)
+    b = sync_engine(memory_client, other, pool_size=3, grow_interval=0.2)
+    # The remainder of 3 / 2 goes to the first member id: make it A's (ids are random).
+    a._core.member, b._core.member = "0-a", "1-b"
+    try:
+        a.start()
+        assert a.held == 3
+        conns = [a.connect() for _ in range(3)]
+        pids = backend_pids(conns)
+        assert pg_count(app) == 3
+        started = threading.Thread(target=b.start)
+        started.start()  # B waits in the semaphore's queue for its minimum
+        eventually(lambda: "giving=1" in a.status(), what=a.status())
+        assert "giving back 1 of 3 connection permit(s)" in caplog.text
+        looks = a._core.last_look
+        eventually(lambda: a._core.last_look >= looks + 0.6, what="three more reads")
+        # Rebalancing rounds over 3 more growth intervals: nothing in use was taken.
+        assert backend_pids(conns) == pids
+        assert (a.held, b.held, pg_count(app)) == (3, 0, 3)
+        assert started.is_alive()
+        conns[0].close()  # one comes back: closed (not reused), then its permit goes to B
+        started.join(20)
+        assert not started.is_alive()
+        assert (a.held, b.held) == (2, 1)
+        assert pg_count(app) == 2  # closed before B could be granted the permit
+        assert backend_pids(conns[1:]) == pids[1:]
+        assert "gave back 1 connection permit(s)" in caplog.text
+        with b.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        assert pg_count(app) + pg_count(other) <= 3
+        for c in conns[1:]:
+            c.close()
+    finally:
+        a.close()
+        b.close()
+    closed(app)
+    closed(other)
+
+
+def test_with_rebalance_off_the_first_engine_keeps_what_it_reserved(
+    memory_client: SyncClient, app: str
+) -> None:
+    a = sync_engine(memory_client, app, pool_size=3, grow_interval=0.2, rebalance=False)
+    b = sync_engine(
+        memory_client, app, pool_size=3, grow_interval=0.2, rebalance=False, reserve_timeout=2
+    )
+    try:
+        a.start()
+        with pytest.raises(AcquireTimeout):
+            b.start()  # 10 growth intervals: A never gives anything back
+        assert a.held == 3
+        assert "share=" not in a.status()
+    finally:
+        a.close()
+        b.close()
 
 
 def test_per_connection_mode_holds_one_permit_per_checkout(
@@ -496,6 +580,46 @@ def async_engine(client: Client, app: str, **kwargs: Any) -> AsyncCoordinatedEng
         connect_args={"server_settings": {"application_name": app}},
         **kwargs,
     )
+
+
+async def test_a_shrinking_async_engine_never_takes_a_connection_in_use(app: str) -> None:
+    """The async twin of the sync test: A's 3 connections in use when B arrives."""
+    other = app + "-b"
+
+    async def until(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not check():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.05)
+
+    async with Client(MemoryStore()) as client:
+        a = async_engine(client, app, pool_size=3, grow_interval=0.2)
+        b = async_engine(client, other, pool_size=3, grow_interval=0.2)
+        a._core.member, b._core.member = "0-a", "1-b"  # A gets the remainder of 3 / 2
+        try:
+            await a.start()
+            conns = [await a.connect().start() for _ in range(3)]
+            pid = text("SELECT pg_backend_pid()")
+            pids = [(await c.execute(pid)).scalar_one() for c in conns]
+            starting = asyncio.create_task(b.start())
+            await until(lambda: "giving=1" in a.status(), a.status())
+            looks = a._core.last_look
+            await until(lambda: a._core.last_look >= looks + 0.6, "three more reads")
+            assert [(await c.execute(pid)).scalar_one() for c in conns] == pids
+            assert (a.held, b.held, await asyncio.to_thread(pg_count, app)) == (3, 0, 3)
+            assert not starting.done()
+            await conns[0].close()  # one comes back: closed, then its permit goes to B
+            await asyncio.wait_for(starting, 20)
+            assert (a.held, b.held) == (2, 1)
+            assert await asyncio.to_thread(pg_count, app) == 2
+            assert [(await c.execute(pid)).scalar_one() for c in conns[1:]] == pids[1:]
+            for c in conns[1:]:
+                await c.close()
+        finally:
+            await a.close()
+            await b.close()
+    await asyncio.to_thread(closed, app)
+    await asyncio.to_thread(closed, other)
 
 
 async def test_async_engine_as_users_write_it(app: str) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util import queue as sqla_queue
 
 from konductor import Client, KonductorError
+from konductor import _integration as seam
 from konductor.integrations._sqlalchemy import _plans as plans
 from konductor.integrations._sqlalchemy._slots import (
     Core,
@@ -122,12 +123,26 @@ class AsyncCore(Core):
                 self._maintain(generation), name=f"konductor-sqlalchemy-{self.s.semaphore}"
             )
 
-    async def _run(self, plan: Generator[plans.Step, Handle | None, T]) -> T:
+    async def _run(self, plan: Generator[plans.Step, plans.Result, T]) -> T:
         """Drive ``plan``: each request it yields, awaited on the async Client."""
         s, client, run = self.s, self.client(), plans.Run(plan)
         while (step := run.next()) is not None:
             try:
-                if isinstance(step, plans.Try):
+                if isinstance(step, plans.Look):
+                    run.result = await client.admin.describe("semaphore", s.semaphore)
+                elif s.rebalance and isinstance(step, plans.Try | plans.Wait):
+                    wait = isinstance(step, plans.Wait)
+                    request = seam.SemaphoreRequest.parse(
+                        s.semaphore,
+                        step.permits,
+                        step.count,
+                        s.ttl,
+                        s.reserve_timeout if wait else None,
+                    )
+                    run.result = await seam.acquire_semaphore_noted(
+                        client, request, self.note(), blocking=wait
+                    )
+                elif isinstance(step, plans.Try):
                     run.result = await client.try_acquire_semaphore(
                         s.semaphore, step.permits, count=step.count, ttl=s.ttl
                     )
@@ -156,7 +171,13 @@ class AsyncCore(Core):
                     for handle in self.take_lost():
                         with contextlib.suppress(KonductorError):
                             await permit_of(handle).release()
-                    if self.grow_due():
+                    for handle in self.take_given():
+                        with contextlib.suppress(KonductorError):
+                            await permit_of(handle).release()
+                    if self.look_due():
+                        await self._run(plans.rebalance(self, generation))
+                        await greenlet_spawn(self.reclaim_idle)  # may close connections
+                    elif self.grow_due():
                         await self._run(plans.grow(self, generation))
                 except Exception:
                     log.exception("konductor SQLAlchemy maintenance failed; retrying")

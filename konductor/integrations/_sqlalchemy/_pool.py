@@ -105,11 +105,14 @@ class ReservedPool(_CoordinatedPool):
         got = False
         item: Item = None
         if remaining > 0:
+            core.waiting(1)
             try:
                 item = core.queue.get(True, remaining)
                 got = True
             except sqla_queue.Empty:
                 pass
+            finally:
+                core.waiting(-1)
         if got:
             return item
         raise sa_exc.TimeoutError(

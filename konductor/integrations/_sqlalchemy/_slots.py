@@ -24,6 +24,15 @@ the grant's ``lost`` event fires, on the holder's own deadline, so the
 database sees the connections go before anyone else can be granted the
 permits. New connections beyond what is held are never handed out.
 
+Rebalancing (on by default in reserve mode, see :mod:`._shares`) gives
+permits back for fairness the same way, but never takes a connection in
+use: the permits to give back become a **surplus** owed by the idle queue
+(idle connections are closed, tokens dropped) and by connections as they
+come back (closed instead of reused); a permit is released only once its
+slot is gone and its connection closed for :data:`RELEASE_GRACE` seconds, so
+open connections never outnumber the permits held, and the database has
+seen the backend go before anyone else can open one under that permit.
+
 Every structure is per process: after ``fork()`` the child forgets the
 parent's grants and connections (without closing them: they are the
 parent's) and reserves its own on first use.
@@ -43,6 +52,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +82,11 @@ Handle = SyncGrant[Permit] | Permit
 LOSS_CHECK = 1.0
 #: ``record_info`` key of a pooled connection taken away from its user after a loss.
 SEVERED = "konductor.severed"
+#: Seconds between closing a connection given back for fairness and releasing its
+#: permit: the server ends the backend a moment after the client closes it (still
+#: counted in ``pg_stat_activity`` meanwhile), and the permit must not be handed on
+#: before that.
+RELEASE_GRACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,7 @@ class Settings:
     ttl: float
     reserve_timeout: float | None
     grow_interval: float | None
+    rebalance: bool = False
 
 
 def permit_of(handle: Handle) -> Permit:
@@ -273,8 +289,21 @@ class Core:
         self.debt = 0  # slots owed back after a loss or a release
         self.in_use = 0  # checked out (or being connected)
         self.lost_total = 0
+        # Rebalancing: this engine's id on the semaphore (per process and reservation),
+        # permits to give back (``giving``), of which ``surplus`` slots are still to be
+        # reclaimed and ``_ready`` the times their permits may be released.
+        self.member = uuid.uuid4().hex
+        self.giving = 0
+        self.surplus = 0
+        self._ready: list[float] = []
+        self.share: int | None = None
+        self.last_look = float("-inf")
         self.started = False
         self.demand = False  # a checkout found the pool empty since the last growth try
+        # Checkouts waiting for a slot now. A waiting checkout is demand for as long as it
+        # waits: the threads that return connections take them straight back (the queue
+        # does not hand a returned item to the longest waiter), so new waits can stop.
+        self.waiters = 0
         self.last_grow = float("-inf")
         self.created_semaphore = False
 
@@ -298,6 +327,27 @@ class Core:
 
     # -- slots ------------------------------------------------------------------------
 
+    def _owe_locked(self) -> bool | None:
+        """Pay one slot owed (under the lock): ``True`` for a debt (a lost or released
+        permit), ``False`` for a surplus (given back for fairness), ``None`` if none."""
+        if self.debt > 0:
+            self.debt -= 1
+            self.slots -= 1
+            return True
+        if self.surplus > 0:
+            self.surplus -= 1
+            self.slots -= 1
+            return False
+        return None
+
+    def _paid_surplus(self, closed_now: bool) -> None:
+        """A surplus slot is gone (its connection closed, if it had one): its permit may
+        be released, after :data:`RELEASE_GRACE` if a connection was just closed."""
+        at = time.monotonic() + (RELEASE_GRACE if closed_now else 0.0)
+        with self._lock:
+            self._ready.append(at)
+        self.wake()
+
     def add(self, handle: Handle, generation: int) -> bool:
         """Count a new grant and put a token per new permit into the queue."""
         count = permit_of(handle).count
@@ -320,18 +370,17 @@ class Core:
     def claim(self, item: Item) -> bool:
         """A checkout took ``item``: hand it out (True), or pay a debt with it (False)."""
         with self._lock:
-            reclaim = self.debt > 0
-            if reclaim:
-                self.debt -= 1
-                self.slots -= 1
-            else:
+            owed = self._owe_locked()
+            if owed is None:
                 self.in_use += 1
-            if not reclaim and item is not None:
-                self._out.add(item)
-        if reclaim and item is not None:
+                if item is not None:
+                    self._out.add(item)
+        if owed is not None and item is not None:
             self._records.discard(item)
             _close(item)
-        return not reclaim
+        if owed is False:
+            self._paid_surplus(item is not None)
+        return owed is None
 
     def created(self, record: ConnectionPoolEntry) -> bool:
         """A connection was opened for a token: hand it out (True), or pay a debt (False).
@@ -340,27 +389,27 @@ class Core:
         """
         with self._lock:
             self._records.add(record)
-            reclaim = self.debt > 0
-            if reclaim:
-                self.debt -= 1
-                self.slots -= 1
-                self.in_use -= 1
-            else:
+            owed = self._owe_locked()
+            if owed is None:
                 self._out.add(record)
-        if reclaim:
+            else:
+                self.in_use -= 1
+        if owed is not None:
             self._records.discard(record)
             _close(record)
-        return not reclaim
+        if owed is False:
+            self._paid_surplus(True)
+        return owed is None
 
     def unclaim_token(self) -> None:
         """Opening a connection for a token failed: the token goes back."""
         with self._lock:
             self.in_use -= 1
-            if self.debt > 0:
-                self.debt -= 1
-                self.slots -= 1
-                return
-        self.queue.put_nowait(None)
+            owed = self._owe_locked()
+        if owed is False:
+            self._paid_surplus(False)
+        if owed is None:
+            self.queue.put_nowait(None)
 
     def give_back(self, record: ConnectionPoolEntry) -> None:
         """A connection came back: keep it idle, or close it to pay a debt."""
@@ -375,39 +424,40 @@ class Core:
             if dropped:  # taken away after a loss: its slot is paid
                 self._dropped.discard(record)
                 self._records.discard(record)
-            reclaim = not dropped and self.debt > 0
-            if reclaim:
-                self.debt -= 1
-                self.slots -= 1
+            else:
+                owed = self._owe_locked()
         if dropped:
             _close(record)  # (its socket was shut down; a no-op if already invalidated)
-        elif reclaim:
-            self._records.discard(record)
-            _close(record)
-        else:
+            return
+        if owed is None:
             self.queue.put_nowait(record)
+            return
+        self._records.discard(record)
+        _close(record)
+        if owed is False:
+            self._paid_surplus(True)
 
     def reclaim_idle(self) -> None:
-        """Pay debts from the idle queue now: close idle connections, drop tokens."""
+        """Pay debts and surplus from the idle queue now: close idle connections, drop
+        tokens (never a connection in use)."""
         while True:
             with self._lock:
-                if self.debt <= 0:
+                if self.debt <= 0 and self.surplus <= 0:
                     return
             try:
                 item = self.queue.get_nowait()
             except sqla_queue.Empty:
                 return
             with self._lock:
-                reclaim = self.debt > 0
-                if reclaim:
-                    self.debt -= 1
-                    self.slots -= 1
-            if not reclaim:
+                owed = self._owe_locked()
+            if owed is None:
                 self.queue.put_nowait(item)
                 return
             if item is not None:
                 self._records.discard(item)
                 _close(item)
+            if owed is False:
+                self._paid_surplus(item is not None)
 
     def close_idle(self) -> None:
         """``Pool.dispose()``: close idle connections; their permits stay held as tokens."""
@@ -503,6 +553,8 @@ class Core:
                 self.grants, self._lost = [], []
                 self.held = 0
                 self.debt = self.slots
+                self.giving = self.surplus = 0
+                self._ready = []
             else:  # per-connection permits go back when their connection does
                 handles, self._lost = self._lost, []
             in_use = self.in_use
@@ -520,12 +572,17 @@ class Core:
     def wake(self) -> None:
         raise NotImplementedError
 
+    def waiting(self, change: int) -> None:
+        """A checkout starts (+1) or stops (-1) waiting for a slot."""
+        with self._lock:
+            self.waiters += change
+
     def grow_due(self) -> bool:
         s = self.s
-        if s.mode != "reserve" or s.grow_interval is None:
-            return False
+        if s.mode != "reserve" or s.grow_interval is None or s.rebalance:
+            return False  # (with rebalancing, growth is part of the rebalance)
         with self._lock:
-            if not self.demand or self.held >= s.pool_size:
+            if not (self.demand or self.waiters) or self.held >= s.pool_size:
                 return False
             now = time.monotonic()
             if now - self.last_grow < s.grow_interval:
@@ -534,15 +591,113 @@ class Core:
             self.last_grow = now
             return True
 
-    def wants_more(self, generation: int) -> bool:
+    def wants_more(self, generation: int, up_to: int | None = None) -> bool:
+        limit = self.s.pool_size if up_to is None else min(up_to, self.s.pool_size)
         with self._lock:
-            return generation == self.generation and self.held < self.s.pool_size
+            return generation == self.generation and self.giving == 0 and self.held < limit
 
     def next_wait(self) -> float:
-        if self.demand and self.s.grow_interval is not None:
-            due = self.last_grow + self.s.grow_interval - time.monotonic()
-            return max(0.05, min(LOSS_CHECK, due))
-        return LOSS_CHECK
+        now = time.monotonic()
+        wait = LOSS_CHECK
+        if self.s.grow_interval is not None:
+            if self.s.rebalance and self.started:
+                wait = min(wait, self.last_look + self.s.grow_interval - now)
+            elif self.demand or self.waiters:
+                wait = min(wait, self.last_grow + self.s.grow_interval - now)
+        with self._lock:
+            if self._ready:
+                wait = min(wait, min(self._ready) - now)
+        return max(0.05, wait)
+
+    # -- rebalancing --------------------------------------------------------------------
+
+    def note(self) -> dict[str, object]:
+        """What this engine records on its semaphore entries (see :mod:`._shares`)."""
+        return {"member": self.member, "demand": self.s.pool_size}
+
+    def holding(self) -> tuple[int, int]:
+        """(permits held, of which being given back for fairness)."""
+        with self._lock:
+            return self.held, self.giving
+
+    def look_due(self) -> bool:
+        """Time for the one read of the semaphore per ``grow_interval``."""
+        s = self.s
+        if s.mode != "reserve" or not s.rebalance or s.grow_interval is None:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if not self.started or now - self.last_look < s.grow_interval:
+                return False
+            self.last_look = now
+            return True
+
+    def take_demand(self) -> bool:
+        """Whether a checkout found the pool exhausted since the last growth, or waits
+        now (and reset the former)."""
+        with self._lock:
+            demand, self.demand = self.demand or self.waiters > 0, False
+            return demand
+
+    def give_fair(self, count: int, why: str) -> None:
+        """Start giving ``count`` permits back for fairness: idle slots now, connections
+        in use as they come back (never taken away). The driver then calls
+        :meth:`reclaim_idle` (in SQLAlchemy's greenlet for an async engine: it closes
+        connections); the permits are released by :meth:`take_given` once their
+        slots are gone."""
+        with self._lock:
+            count = min(count, self.held - self.giving - self.s.min_connections)
+            if count <= 0:
+                return
+            self.giving += count
+            self.surplus += count
+            held = self.held
+        log.info(
+            "giving back %d of %d connection permit(s) on semaphore %r for fairness (%s); "
+            "idle connections first, connections in use when they come back",
+            count,
+            held,
+            self.s.semaphore,
+            why,
+        )
+
+    def keep(self) -> None:
+        """Fairness no longer asks for the surplus not reclaimed yet: keep those slots."""
+        with self._lock:
+            self.giving -= self.surplus
+            self.surplus = 0
+
+    def take_given(self) -> list[Handle]:
+        """The single-permit grants whose slots are gone (and connections closed for
+        :data:`RELEASE_GRACE`): uncounted here, to be released by the caller."""
+        now = time.monotonic()
+        with self._lock:
+            ready = sorted(self._ready)
+            due = [t for t in ready if t <= now]
+            # The first grant (min_connections) is never given back; the rest are singles.
+            singles = [h for h in self.grants[1:] if permit_of(h).count == 1]
+            taken = singles[len(singles) - min(len(due), len(singles)) :]
+            for h in taken:
+                self.grants.remove(h)
+                self.held -= 1
+                self.giving -= 1
+            # Due, but no single grant left to release (one was lost meanwhile): the
+            # permit stays, so its slot comes back as a token rather than stay unused.
+            restored = len(due) - len(taken)
+            self.giving -= restored
+            self.slots += restored
+            self._ready = ready[len(due) :]
+            held = self.held
+        for _ in range(restored):
+            self.queue.put_nowait(None)
+        if taken:
+            log.info(
+                "gave back %d connection permit(s) on semaphore %r for fairness; holds %d",
+                len(taken),
+                self.s.semaphore,
+                held,
+            )
+        return taken
 
     def permits_arg(self) -> int | None:
         """``max_connections`` on the first call (to create the semaphore), then ``None``.
@@ -568,10 +723,14 @@ class Core:
 
     def status(self) -> str:
         with self._lock:
+            fair = ""
+            if self.s.rebalance:
+                share = "?" if self.share is None else str(self.share)
+                fair = f" share={share} giving={self.giving}"
             return (
                 f"semaphore={self.s.semaphore!r} mode={self.s.mode} held={self.held} "
                 f"slots={self.slots} in_use={self.in_use} owed={self.debt} "
-                f"lost={self.lost_total} wanted={self.s.pool_size}"
+                f"lost={self.lost_total} wanted={self.s.pool_size}{fair}"
             )
 
     def shutdown(self) -> None:

@@ -16,6 +16,7 @@ from typing import TypeVar, cast
 from sqlalchemy.util import queue as sqla_queue
 
 from konductor import KonductorError, SyncClient, SyncGrant
+from konductor import _integration as seam
 from konductor.integrations._sqlalchemy import _plans as plans
 from konductor.integrations._sqlalchemy import _process
 from konductor.integrations._sqlalchemy._slots import (
@@ -110,12 +111,26 @@ class SyncCore(Core):
             ).start()
             _process.exit_hooks_in_this_process()
 
-    def _run(self, plan: Generator[plans.Step, Handle | None, T]) -> T:
+    def _run(self, plan: Generator[plans.Step, plans.Result, T]) -> T:
         """Drive ``plan``: each request it yields, made on the SyncClient, blocking."""
         s, client, run = self.s, self.client(), plans.Run(plan)
         while (step := run.next()) is not None:
             try:
-                if isinstance(step, plans.Try):
+                if isinstance(step, plans.Look):
+                    run.result = client.admin.describe("semaphore", s.semaphore)
+                elif s.rebalance and isinstance(step, plans.Try | plans.Wait):
+                    wait = isinstance(step, plans.Wait)
+                    request = seam.SemaphoreRequest.parse(
+                        s.semaphore,
+                        step.permits,
+                        step.count,
+                        s.ttl,
+                        s.reserve_timeout if wait else None,
+                    )
+                    run.result = seam.sync_acquire_semaphore_noted(
+                        client, request, self.note(), blocking=wait
+                    )
+                elif isinstance(step, plans.Try):
                     run.result = client.try_acquire_semaphore(
                         s.semaphore, step.permits, count=step.count, ttl=s.ttl
                     )
@@ -144,7 +159,12 @@ class SyncCore(Core):
                 self.collect_lost()
                 for handle in self.take_lost():
                     _release_sync(handle)
-                if self.grow_due():
+                for handle in self.take_given():
+                    _release_sync(handle)
+                if self.look_due():
+                    self._run(plans.rebalance(self, generation))
+                    self.reclaim_idle()
+                elif self.grow_due():
                     self._run(plans.grow(self, generation))
             except Exception:
                 log.exception("konductor SQLAlchemy maintenance failed; retrying")
