@@ -23,6 +23,7 @@ from konductor._primitives import _barrier_state as barrier_state
 from konductor._primitives import _gate_state as gate_state
 from konductor._primitives import _lease_state as lease_state
 from konductor._primitives import _once_state as once_state
+from konductor._primitives import _ratelimit_state as ratelimit_state
 from konductor._primitives import _waitgroup_state as waitgroup_state
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import (
@@ -32,6 +33,7 @@ from konductor._store._kinds import (
     MUTEX,
     ONCE,
     PRIMITIVE_KINDS,
+    RATELIMIT,
     RWMUTEX,
     SEMAPHORE,
     WAITGROUP,
@@ -69,6 +71,7 @@ ENTRIES: Mapping[Kind, Entries] = {
     BARRIER: entries_of(),
     GATE: entries_of(),
     WAITGROUP: entries_of(),
+    RATELIMIT: ratelimit_state.tracked_entries,
 }
 
 
