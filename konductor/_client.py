@@ -22,6 +22,7 @@ from konductor._primitives._gate import GateMethods
 from konductor._primitives._lease import LeaseMethods
 from konductor._primitives._mutex import MutexMethods
 from konductor._primitives._once import OnceMethods
+from konductor._primitives._ratelimit import RateLimitMethods
 from konductor._primitives._semaphore import SemaphoreMethods
 from konductor._primitives._waitgroup import WaitGroupMethods
 from konductor._store._base import Store
@@ -43,6 +44,7 @@ class Client(
     BarrierMethods,
     GateMethods,
     WaitGroupMethods,
+    RateLimitMethods,
 ):
     """Cluster-wide coordination primitives, async API.
 

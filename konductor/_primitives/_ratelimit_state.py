@@ -177,17 +177,22 @@ def parse(status: Mapping[str, Any], where: Where | None = None) -> tuple[Member
     return tuple(members)
 
 
-def tracked_entries(obj: StoredObject) -> list[JSON]:
+def member_entries(status: Mapping[str, Any]) -> list[JSON]:
     """The entries the expiry tracker judges: none if the status does not parse.
 
     An object that does not parse is never acted on, so no entry of it may be
     judged stale (and removed) on its account.
     """
     try:
-        members = parse(obj.status)
+        members = parse(status)
     except CorruptState:
         return []
     return [{"id": m.id, "renewals": m.renewals, "ttlSeconds": m.ttl} for m in members]
+
+
+def tracked_entries(obj: StoredObject) -> list[JSON]:
+    """:func:`member_entries` of the object's status (the hub's ``entries``)."""
+    return member_entries(obj.status)
 
 
 def fair_shares(rate: float, demands: Mapping[str, float]) -> dict[str, float]:
@@ -219,7 +224,7 @@ def headroom(rate: float, members: Iterable[Member], exclude: str) -> float:
     """The most ``exclude`` may record without the recorded sum exceeding ``rate``."""
     others = math.fsum(m.share for m in members if m.id != exclude)
     free = rate - others - rate * _MARGIN
-    return max(0.0, free)
+    return free if free > rate * _MARGIN else 0.0
 
 
 @dataclass(frozen=True)
