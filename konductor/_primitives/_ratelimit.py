@@ -224,6 +224,7 @@ class RateLimiter:
         self._lock = asyncio.Lock()  # acquirers of this member wait in turn
         self._window_start = self._clock.monotonic()
         self._used = 0.0
+        self._max_cost = 0.0  # the largest call asked for: its bucket must hold it
         self._limited = True  # a newcomer asks for a fair share
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -264,6 +265,7 @@ class RateLimiter:
         """
         tokens = parse_cost(cost)
         self._check(tokens)
+        self._max_cost = max(self._max_cost, tokens)
         now = self._clock.monotonic()
         if not self._lock.locked() and self._in_force(now) and self._bucket.take(tokens, now):
             self._used += tokens
@@ -290,6 +292,7 @@ class RateLimiter:
         clock = self._clock
         deadline = None if wait is None else clock.monotonic() + wait
         self._check(tokens)
+        self._max_cost = max(self._max_cost, tokens)
         async with self._lock:
             while True:
                 seen, changed = self._hub.changes, self._changed
@@ -398,15 +401,25 @@ class RateLimiter:
             self._set_cap(self._cap)  # the capacity follows the burst and rate
 
     def _demand(self, spec: JSON) -> float:
-        """Tokens per second to report: all of the rate if limited lately, else use * HEADROOM."""
+        """Tokens per second to report for the window since the last confirmed renewal.
+
+        All of the rate if the member was limited (a call waited or was
+        refused): it asks for a fair share. Else its use times
+        :data:`HEADROOM`, and at least the share whose bucket holds its
+        largest call (``cost * rate / burst``): a smaller one could never
+        spend it. Nothing if it made no call.
+        """
         try:
-            rate = state.parse_spec(spec).rate
+            parsed = state.parse_spec(spec)
         except CorruptState:
-            rate = self._spec.rate
+            parsed = self._spec
         if self._limited:
-            return rate
+            return parsed.rate
+        if self._used <= 0:
+            return 0.0
         elapsed = max(self._clock.monotonic() - self._window_start, 1e-3)
-        return min(rate, self._used / elapsed * HEADROOM)
+        floor = self._max_cost * parsed.rate / parsed.burst
+        return min(parsed.rate, max(self._used / elapsed * HEADROOM, floor))
 
     def _renewed(self, entry: Entry, written: StoredObject) -> None:
         """A renewal was confirmed: what it recorded is in force from now on."""
