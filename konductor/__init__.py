@@ -19,7 +19,14 @@ from konductor._admin import (
     Transition,
 )
 from konductor._client import Client
-from konductor._decorators import barrier, once, with_lease, with_mutex, with_semaphore
+from konductor._decorators import (
+    barrier,
+    once,
+    with_lease,
+    with_mutex,
+    with_rate_limit,
+    with_semaphore,
+)
 from konductor._defaults import configure
 from konductor._errors import (
     AcquireTimeout,
@@ -119,6 +126,7 @@ __all__ = (
     "validate_name",
     "with_lease",
     "with_mutex",
+    "with_rate_limit",
     "with_semaphore",
 )
 

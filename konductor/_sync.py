@@ -547,6 +547,7 @@ class SyncClient:
     waitgroup_status = _blocking(Client.waitgroup_status)
 
     rate_limit = _limiting(Client.rate_limit)
+    acquire_rate_limit = _blocking(Client.acquire_rate_limit)
 
     delete = _blocking(Client.delete)
 

@@ -68,6 +68,7 @@ def test_top_level_exports_are_pinned() -> None:
             "validate_name",
             "with_lease",
             "with_mutex",
+            "with_rate_limit",
             "with_semaphore",
         ]
     )

@@ -503,7 +503,7 @@ class RateLimiter:
             self._ttl,
             _renew_members(self._hub),
             sent_at=NEVER,
-            drop=self._drop,
+            drop=self._closing_client,
         )
         entry.record(sends, present=share is not None)
         if share is None:
@@ -554,6 +554,8 @@ class RateLimiter:
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
+            except ClientClosed:
+                return
             except CorruptState as exc:
                 self._error = exc
                 self._notify()
@@ -589,6 +591,19 @@ class RateLimiter:
         with contextlib.suppress(NotFound):
             await self._hub.update(decide, deadline=deadline)
         self._old_ids -= ids
+
+    async def _closing_client(self, deadline: float) -> None:
+        """The client closes (its renewer drops what it renews): leave, and stop rejoining."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._drop(deadline)
+        if self._watching:
+            self._watching = False
+            self._hub.release_watch()
+        self._notify()
 
     async def _close(self) -> None:
         """Stop spending, stop renewing, leave (bounded by the member's own deadline)."""
@@ -640,8 +655,63 @@ class RateLimitGuard:
             await asyncio.shield(limiter._close())
 
 
+#: Each client's long-lived memberships, by name, for :meth:`acquire_rate_limit`
+#: (and the decorator): joined on first use, left when the client closes.
+_SHARED: weakref.WeakKeyDictionary[Runtime, dict[str, asyncio.Future[RateLimiter]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def shared_limiter(rt: Runtime, request: RateLimitRequest) -> RateLimiter:
+    """The client's long-lived membership of ``request.name``, joined on first use.
+
+    Concurrent first callers share one join; a join that failed is tried
+    again by the next caller.
+    """
+    rt.check_open()
+    joined = _SHARED.setdefault(rt, {})
+    future = joined.get(request.name)
+    if future is None or (future.done() and (future.cancelled() or future.exception())):
+        future = asyncio.ensure_future(RateLimiter(rt, request)._open())
+        joined[request.name] = future
+    limiter = await asyncio.shield(future)
+    if limiter._closed:  # the client closed it
+        joined.pop(request.name, None)
+        rt.check_open()
+    return limiter
+
+
 class RateLimitMethods(HasRuntime):
-    """The rate-limit method of :class:`konductor.Client`."""
+    """The rate-limit methods of :class:`konductor.Client`."""
+
+    async def acquire_rate_limit(
+        self,
+        name: str,
+        rate: Rate,
+        *,
+        burst: float | None = None,
+        cost: float = 1,
+        ttl: Duration = DEFAULT_TTL,
+        timeout: Duration | None = None,
+    ) -> None:
+        """Wait until ``cost`` tokens of rate limit ``name`` can be spent, and spend them.
+
+        Spends from this client's long-lived membership of the limit, joined
+        on the first call (one write) and left when the client closes: later
+        calls cost no API request. For a membership scoped to a block, use
+        :meth:`rate_limit`. ``rate``, ``burst`` and ``ttl`` are those of
+        :meth:`rate_limit` (the first call's apply to the membership).
+
+        Raises:
+            InvalidArgument / InvalidName: bad arguments, before any API call.
+            AcquireTimeout: not spent within ``timeout``; nothing was spent.
+            CorruptState: the object's state does not parse: nothing is spent.
+        """
+        request = RateLimitRequest.parse(name, rate, burst, ttl)
+        tokens = parse_cost(cost)
+        wait = check.timeout(timeout)
+        limiter = await shared_limiter(self._rt, request)
+        await limiter.acquire(tokens, timeout=wait)
 
     def rate_limit(
         self,

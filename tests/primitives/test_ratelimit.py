@@ -316,3 +316,49 @@ def test_the_sync_twin_spends_through_the_same_limiter() -> None:
         assert not lim.try_acquire(2)  # the bucket was just emptied
         with pytest.raises(InvalidArgument):
             lim.try_acquire(3)  # more than the burst: never
+
+
+async def test_acquire_rate_limit_keeps_one_membership_for_every_call() -> None:
+    store = MemoryStore()
+    client = Client(store)
+    start = time.monotonic()
+    for _ in range(25):
+        await client.acquire_rate_limit("api", "20/s", burst=5, ttl=3, timeout=10)
+    elapsed = time.monotonic() - start
+    obj = await store.get(RATELIMIT, "api")
+    assert obj.status["memberCount"] == 1
+    assert elapsed >= (25 - 5) / 20 * 0.99  # never more than burst + rate * T
+    await client.close()
+    assert (await store.get(RATELIMIT, "api")).status["memberCount"] == 0  # left on close
+
+
+async def test_the_decorator_spends_before_each_call_sync_and_async() -> None:
+    import konductor
+    from konductor.testing import memory_sync_client
+
+    with pytest.raises(InvalidArgument) as err:
+        konductor.with_rate_limit("api", "lots")
+    assert err.value.argument == "rate"
+    with pytest.raises(InvalidArgument) as err:
+        konductor.with_rate_limit("api", 5, cost=0)
+    assert err.value.argument == "cost"
+
+    async with Client(MemoryStore()) as client:
+
+        @konductor.with_rate_limit("api", "10/s", burst=2, ttl=3, client=client)
+        async def call(n: int) -> int:
+            return n
+
+        start = time.monotonic()
+        assert [await call(n) for n in range(8)] == list(range(8))
+        assert time.monotonic() - start >= (8 - 2) / 10 * 0.99
+
+    with memory_sync_client() as sync:
+
+        @konductor.with_rate_limit("api", "10/s", burst=2, ttl=3, client=sync)
+        def blocking(n: int) -> int:
+            return n
+
+        start = time.monotonic()
+        assert [blocking(n) for n in range(8)] == list(range(8))
+        assert time.monotonic() - start >= (8 - 2) / 10 * 0.99
