@@ -311,7 +311,8 @@ class RateLimiter:
                 if self._in_force(now):
                     ready = self._bucket.wait_for(tokens, now)
                     assert self._entry is not None
-                    nearest = self._entry.deadline if ready is None else now + ready
+                    # (at least a microsecond: a wait that rounds to nothing would spin)
+                    nearest = self._entry.deadline if ready is None else now + max(ready, 1e-6)
                     until = nearest if until is None else min(until, nearest)
                 await self._wait(seen, changed, until)
 
@@ -435,6 +436,8 @@ class RateLimiter:
         self._window_start = self._clock.monotonic()
         self._used = 0.0
         self._limited = False
+        present = {e["id"] for e in state.member_entries(written.status)}
+        self._old_ids &= present  # the renewal removed the others
         self._set_cap(0.0 if recorded is None else min(pending, recorded))
 
     async def _ensure(self) -> StoredObject:
@@ -569,7 +572,13 @@ class RateLimiter:
         self._hub.retain_watch()
         self._watching = True
         try:
-            await self._join()
+            for attempt in range(3):
+                try:
+                    await self._join()
+                    break
+                except NotFound:  # deleted between its creation and the join: again
+                    if attempt == 2:
+                        raise
         except BaseException:
             await self._close()
             raise

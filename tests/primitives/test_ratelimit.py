@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from konductor import AcquireTimeout, Client, CorruptState, InvalidArgument, MemoryStore
+from konductor import (
+    AcquireTimeout,
+    Client,
+    CorruptState,
+    InvalidArgument,
+    MemoryStore,
+    StoreUnavailable,
+)
 from konductor._primitives._ratelimit import RateLimiter, parse_rate
 from konductor.store import RATELIMIT
 from konductor.testing import FakeClock, simulate_crash
@@ -227,7 +234,8 @@ async def test_a_cut_off_member_stops_at_its_deadline_before_its_share_is_reused
         grown_at = None
         for _ in range(200):
             await advance([ca, cb], 0.05)
-            assert la.share + lb.share <= 10 * (1 + 1e-9)
+            await check_in_force(store, [la, lb], 10)
+            assert la.share + lb.share <= 10
             if stopped_at is None and la.share == 0:
                 stopped_at = ca.monotonic()
                 assert not la.try_acquire(0.001)
@@ -362,3 +370,50 @@ async def test_the_decorator_spends_before_each_call_sync_and_async() -> None:
         start = time.monotonic()
         assert [blocking(n) for n in range(8)] == list(range(8))
         assert time.monotonic() - start >= (8 - 2) / 10 * 0.99
+
+
+class LostAnswers(Outage):
+    """A connection whose status writes land but whose answers are lost while ``lose`` is set."""
+
+    lose = False
+
+    async def replace_status(self, *args: Any, **kwargs: Any) -> Any:
+        written = await super().replace_status(*args, **kwargs)
+        if self.lose:
+            raise StoreUnavailable("simulated: the write landed, its answer was lost")
+        return written
+
+
+async def check_in_force(store: MemoryStore, limiters: list[RateLimiter], rate: float) -> None:
+    """The invariant: each member's share in force <= what the store records for it now,
+    and the recorded shares sum to at most the rate."""
+    members = (await store.get(RATELIMIT, "api")).status.get("members", [])
+    recorded = {m["id"]: m["share"] for m in members}
+    assert sum(recorded.values()) <= rate
+    for limiter in limiters:
+        share = limiter.share
+        if share > 0:
+            assert limiter._entry is not None
+            assert share <= recorded.get(limiter._entry.id, 0.0)
+
+
+async def test_writes_whose_answers_are_lost_never_raise_a_share_in_force() -> None:
+    store = MemoryStore()
+    ca, cb = FakeClock(), FakeClock()
+    conn = LostAnswers(store)
+    a = Client(store, identity="a", clock=ca)
+    b = Client(conn, identity="b", clock=cb)
+    async with a.rate_limit("api", 10, ttl=3) as la, b.rate_limit("api", 10, ttl=3) as lb:
+        conn.lose = True  # b's renewals (the one that would raise its share) land unheard
+        for _ in range(160):  # 8 s: b's deadline passes, its rejoins land unheard too
+            await advance([ca, cb], 0.05)
+            await check_in_force(store, [la, lb], 10)
+        assert lb.share == 0  # nothing confirmed: nothing in force
+        conn.lose = False
+        for _ in range(160):
+            await advance([ca, cb], 0.05)
+            await check_in_force(store, [la, lb], 10)
+        assert lb.share == pytest.approx(5, rel=1e-6)
+        assert la.share == pytest.approx(5, rel=1e-6)
+        # b's unheard entries were dropped (by b itself, or by a once stale): none is left.
+        assert (await store.get(RATELIMIT, "api")).status["memberCount"] == 2
