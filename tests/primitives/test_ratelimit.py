@@ -417,3 +417,43 @@ async def test_writes_whose_answers_are_lost_never_raise_a_share_in_force() -> N
         assert la.share == pytest.approx(5, rel=1e-6)
         # b's unheard entries were dropped (by b itself, or by a once stale): none is left.
         assert (await store.get(RATELIMIT, "api")).status["memberCount"] == 2
+
+
+@pytest.mark.kubernetes
+async def test_a_thousand_calls_a_second_cost_the_api_server_one_request_a_second(
+    kube_crds: Any,
+) -> None:
+    """Counted by the API server itself (``apiserver_request_total`` of ``ratelimits``)."""
+    import re
+
+    from konductor.store import KubernetesStore
+    from tests.store.conftest import fresh_namespace
+
+    line = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$", re.M)
+
+    async def requests() -> int:
+        resp = await asyncio.to_thread(kube_crds.request, "GET", "/metrics")
+        return sum(
+            int(float(m["value"]))
+            for m in line.finditer(resp.body.decode())
+            if 'resource="ratelimits"' in m["labels"]
+        )
+
+    store = KubernetesStore(fresh_namespace(kube_crds), kubeconfig=kube_crds.admin_kubeconfig)
+    async with Client(store) as client:
+        before = await requests()
+        async with client.rate_limit("api", "5000/s", ttl=3) as limiter:
+            calls = 0
+            start = time.monotonic()
+            while time.monotonic() - start < 6:
+                for _ in range(100):
+                    calls += limiter.try_acquire()
+                await asyncio.sleep(0.01)
+            elapsed = time.monotonic() - start
+        after = await requests()
+    served = after - before
+    print(f"measured: {calls} calls in {elapsed:.1f}s, {served} API requests")
+    assert calls >= 1000 * elapsed  # the calls went through...
+    # ...for the get and create of the object, the join, one renewal every ttl/3 * [0.85, 1],
+    # the watch (one long request), the leave: whatever the number of calls.
+    assert served <= 2 + 1 + elapsed / (3 / 3 * 0.85) + 1 + 1 + 2
