@@ -377,6 +377,10 @@ class RateLimiter:
         self._seen = self._hub.changes
         obj = self._hub.obj
         if obj is None:
+            if self._entry is not None and self._cap > 0:
+                # Deleted (an operator's reset): nothing is recorded for us any more;
+                # stop now rather than at the renewal that will find it gone.
+                self._set_cap(0.0)
             return
         try:
             spec = state.parse_spec(obj.spec, self._where)

@@ -457,3 +457,20 @@ async def test_a_thousand_calls_a_second_cost_the_api_server_one_request_a_secon
     # ...for the get and create of the object, the join, one renewal every ttl/3 * [0.85, 1],
     # the watch (one long request), the leave: whatever the number of calls.
     assert served <= 2 + 1 + elapsed / (3 / 3 * 0.85) + 1 + 1 + 2
+
+
+async def test_a_deleted_object_stops_spending_at_once_and_the_member_rejoins(
+    clients: Callable[..., Client],
+) -> None:
+    client, admin = clients(), clients()
+    async with client.rate_limit("api", 20, ttl=3) as limiter:
+        assert limiter.share > 0
+        await admin.delete("ratelimit", "api")
+        deleted = time.monotonic()
+        while limiter.share > 0:  # the watch delivers the deletion
+            assert time.monotonic() - deleted < 3
+            await asyncio.sleep(0.01)
+        assert not limiter.try_acquire()
+        await limiter.acquire(timeout=10)  # its renewal found it gone: it rejoined
+        obj = await admin.store.get(RATELIMIT, "api")
+        assert obj.status["memberCount"] == 1
