@@ -140,6 +140,8 @@ def read(obj: StoredObject, observer: Observer) -> ObjectStatus:
         fields = _gate(obj, where)
     elif obj.kind == WAITGROUP:
         fields = _waitgroup(obj, where)
+    elif obj.kind == RATELIMIT:
+        fields = _ratelimit(obj, where, observer)
     else:
         fields = {"summary": "-"}
     if fields.get("problem") is not None:
@@ -365,3 +367,37 @@ def _waitgroup(obj: StoredObject, where: Where) -> dict[str, Any]:
     count = waitgroup_state.count_of(obj.status) or 0
     summary = f"count {count}"
     return {"summary": summary, "capacity": None, "problem": problem}
+
+
+def _ratelimit(obj: StoredObject, where: Where, observer: Observer) -> dict[str, Any]:
+    """Members as holders (``count`` unset: a share is a rate, shown in the summary)."""
+    problem = _problem(lambda: ratelimit_state.parse_spec(obj.spec, where)) or _problem(
+        lambda: ratelimit_state.parse(obj.status, where)
+    )
+    if problem is not None:
+        return {"summary": f"rate {obj.spec.get('rate', '?')}/s", "problem": problem}
+    spec = ratelimit_state.parse_spec(obj.spec, where)
+    members = ratelimit_state.parse(obj.status, where)
+    allocated = sum(m.share for m in members)
+    holders = tuple(
+        EntryStatus(
+            role=HOLDER,
+            identity=m.holder,
+            id=m.id,
+            ttl=m.ttl,
+            renewals=m.renewals,
+            renewed_at=m.renewed_at,
+            renewed_ago=observer.ago(m.renewed_at),
+            expires_in=observer.expires_in(
+                {"id": m.id, "renewals": m.renewals, "ttlSeconds": m.ttl}, m.ttl
+            ),
+        )
+        for m in members
+    )
+    shares = ", ".join(f"{m.holder} {m.share:g}/s" for m in members)
+    summary = f"{allocated:g}/{spec.rate:g} per second allocated to {len(members)} member(s)"
+    return {
+        "summary": summary + (f" ({shares})" if shares and len(members) <= 5 else ""),
+        "holders": holders,
+        "problem": None,
+    }

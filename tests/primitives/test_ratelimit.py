@@ -474,3 +474,20 @@ async def test_a_deleted_object_stops_spending_at_once_and_the_member_rejoins(
         await limiter.acquire(timeout=10)  # its renewal found it gone: it rejoined
         obj = await admin.store.get(RATELIMIT, "api")
         assert obj.status["memberCount"] == 1
+
+
+async def test_admin_describes_a_rate_limit_and_its_members() -> None:
+    store = MemoryStore()
+    async with (
+        Client(store, identity="a") as a,
+        Client(store, identity="b") as b,
+        a.rate_limit("api", 20, ttl=3),
+        b.rate_limit("api", 20, ttl=3),
+    ):
+        described = await a.admin.describe("ratelimit", "api")
+        assert described.primitive == "ratelimit"
+        assert {h.identity for h in described.holders} == {"a", "b"}
+        assert described.summary.startswith("20/20 per second allocated to 2 member(s)")
+        assert described.problem is None
+        status = await a.admin.status()
+        assert [o.name for o in status.objects if o.kind == "RateLimit"] == ["api"]
