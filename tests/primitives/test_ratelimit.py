@@ -491,3 +491,28 @@ async def test_admin_describes_a_rate_limit_and_its_members() -> None:
         assert described.problem is None
         status = await a.admin.status()
         assert [o.name for o in status.objects if o.kind == "RateLimit"] == ["api"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_a_busy_newcomer_gets_its_fair_share_within_three_renewal_periods(
+    seed: int,
+) -> None:
+    import random
+
+    random.seed(seed)  # the renewals' jitter
+    store = MemoryStore()
+    ca, cb = FakeClock(), FakeClock()
+    a = Client(store, identity="a", clock=ca)
+    b = Client(store, identity="b", clock=cb)
+    async with a.rate_limit("api", 10, ttl=3) as la:
+        await advance([ca, cb], 2.3)
+        async with b.rate_limit("api", 10, ttl=3) as lb:
+            joined = cb.monotonic()
+            while lb.share < 5 * 0.999:
+                for limiter in (la, lb):  # both always want more than they have
+                    while limiter.try_acquire():
+                        pass
+                await advance([ca, cb], 0.05)
+                await check_in_force(store, [la, lb], 10)
+                assert cb.monotonic() - joined <= 3 * 1.0  # three periods of ttl/3
+            assert la.share == pytest.approx(5, rel=1e-3)
