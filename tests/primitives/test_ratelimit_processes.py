@@ -1,4 +1,4 @@
-"""The rate limit across OS processes on the real API server, counted by a witness.
+"""The rate limit across OS processes, and under a real network fault, on the real API server.
 
 Each worker (``tests/support/ratelimit_worker.py``) records in Redis, outside
 konductor, every call its limiter let through. The bounds checked are the
@@ -188,3 +188,63 @@ def test_one_busy_process_among_idle_ones_gets_most_of_the_rate(cluster: Cluster
     for i in range(3):  # the idle ones are still served (about one call a second)
         idle = sum(1 for w, t in calls if w == f"idle{i}" and after <= t < end)
         assert idle >= 0.5 * (end - after), (i, idle)
+
+
+async def test_a_member_cut_off_by_the_network_stops_at_its_deadline_and_the_bound_holds(
+    kube_crds: Any, tmp_path: Path
+) -> None:
+    """A real fault: one member reaches the API server through a proxy that goes silent."""
+    import asyncio
+
+    from konductor import Client
+    from konductor.store import KubernetesStore
+    from tests.store.conftest import kubeconfig_via
+    from tests.support.tcpproxy import TcpProxy
+
+    ns = fresh_namespace(kube_crds)
+    proxy = TcpProxy.to(kube_crds.server)
+    cfg = kubeconfig_via(kube_crds.admin_kubeconfig, proxy.server, tmp_path)
+    spent: list[tuple[str, float]] = []  # the witness: outside konductor
+    rate, burst, ttl = 20, 4, 3.0
+    try:
+        async with (
+            Client(KubernetesStore(ns, kubeconfig=cfg)) as cut,
+            Client(KubernetesStore(ns, kubeconfig=kube_crds.admin_kubeconfig)) as rival,
+            cut.rate_limit("api", rate, burst=burst, ttl=ttl) as lc,
+            rival.rate_limit("api", rate, burst=burst, ttl=ttl) as lr,
+        ):
+
+            async def spend(who: str, limiter: Any) -> None:
+                while True:
+                    await limiter.acquire()
+                    spent.append((who, time.monotonic()))
+
+            tasks = [
+                asyncio.ensure_future(spend("cut", lc)),
+                asyncio.ensure_future(spend("rival", lr)),
+            ]
+            await asyncio.sleep(4)  # shares settle at 10/s each
+            cut_at = time.monotonic()
+            proxy.blackhole()
+            await asyncio.sleep(8)
+            proxy.pass_through()
+            await asyncio.sleep(4)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        proxy.close()
+    times = [t for _, t in spent]
+    assert most_in_a_second(times) <= rate + burst
+    during = [t for who, t in spent if who == "cut" and cut_at <= t < cut_at + 8]
+    # Its own deadline: 90% of the TTL after its last confirmed write, sent before the cut.
+    assert during, "it spent until its deadline"
+    assert max(during) <= cut_at + 0.9 * ttl
+    # The rival takes the whole rate once it has seen the cut-off entry unchanged for a
+    # TTL (and renewed: one more period), well before the proxy comes back.
+    late = [t for who, t in spent if who == "rival" and cut_at + ttl + 2 <= t < cut_at + 8]
+    until, pace = max(during) - cut_at, len(late) / (8 - ttl - 2)
+    print(f"measured: cut spent until +{until:.2f}s, rival {pace:.1f}/s")
+    assert len(late) >= 0.8 * rate * (8 - ttl - 2)
+    back = [t for who, t in spent if who == "cut" and t >= cut_at + 8]
+    assert back, "the cut-off member rejoined once the network came back"
