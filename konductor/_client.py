@@ -95,8 +95,8 @@ class Client(
 
     async def delete(self, kind: str, name: str) -> None:
         """Delete the object of primitive ``kind`` (``"semaphore"``, ``"mutex"``,
-        ``"rwmutex"``, ``"barrier"``, ``"gate"``, ``"once"``, ``"waitgroup"`` or
-        ``"lease"``) named ``name``, whatever its state.
+        ``"rwmutex"``, ``"barrier"``, ``"gate"``, ``"once"``, ``"waitgroup"``,
+        ``"ratelimit"`` or ``"lease"``) named ``name``, whatever its state.
 
         This is the reset of the store's object: a barrier to meet again, a
         once to forget, an object whose state no longer parses. Whoever still
