@@ -36,6 +36,7 @@ from konductor._engine._validate import (
     ttl,
 )
 from konductor._primitives._gate_state import Conditions, parse_conditions
+from konductor._primitives._ratelimit import Rate, RateLimitRequest, parse_cost, parse_rate
 from konductor._primitives._semaphore import SemaphoreRequest
 from konductor._typing import ExcInfo
 
@@ -51,6 +52,8 @@ __all__ = (
     "Conditions",
     "Duration",
     "ExcInfo",
+    "Rate",
+    "RateLimitRequest",
     "SemaphoreRequest",
     "Settings",
     "Ttl",
@@ -58,6 +61,8 @@ __all__ = (
     "configured",
     "lifecycle",
     "parse_conditions",
+    "parse_cost",
+    "parse_rate",
     "positive_int",
     "priority",
     "seconds",
