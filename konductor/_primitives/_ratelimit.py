@@ -35,6 +35,7 @@ Losing the membership (an outage longer than the deadline) does not end the
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -76,6 +77,8 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 #: A member not limited in its last window reports this multiple of its use as
 #: its demand, so that a growing load can grow its share before it is limited.
 HEADROOM = 1.5
+#: A member reports the most it needed over this many renewal windows (this one included).
+WINDOWS = 2
 
 
 def parse_rate(value: Rate, what: str = "rate") -> float:
@@ -225,6 +228,7 @@ class RateLimiter:
         self._window_start = self._clock.monotonic()
         self._used = 0.0
         self._max_cost = 0.0  # the largest call asked for: its bucket must hold it
+        self._recent: collections.deque[float] = collections.deque(maxlen=WINDOWS - 1)
         self._limited = True  # a newcomer asks for a fair share
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -406,13 +410,17 @@ class RateLimiter:
             self._set_cap(self._cap)  # the capacity follows the burst and rate
 
     def _demand(self, spec: JSON) -> float:
-        """Tokens per second to report for the window since the last confirmed renewal.
+        """Tokens per second to report: the most of the last :data:`WINDOWS` windows.
 
-        All of the rate if the member was limited (a call waited or was
-        refused): it asks for a fair share. Else its use times
-        :data:`HEADROOM`, and at least the share whose bucket holds its
-        largest call (``cost * rate / burst``): a smaller one could never
-        spend it. Nothing if it made no call.
+        A window (since the last confirmed renewal) in which a call waited or
+        was refused asks for all of the rate: the member is limited, and gets
+        at most its fair share of it. Else a window asks for its use times
+        :data:`HEADROOM`, and at least the share whose bucket holds the
+        largest call (``cost * rate / burst``; a smaller one could never spend
+        it), or nothing if it made no call. Taking the most of the last few
+        windows keeps a member that calls now and then (once every period or
+        so, so that some windows see no call) from losing its share between
+        two calls and then asking for the whole rate.
         """
         try:
             parsed = state.parse_spec(spec)
@@ -420,11 +428,14 @@ class RateLimiter:
             parsed = self._spec
         if self._limited:
             return parsed.rate
+        return min(parsed.rate, max([self._window_demand(parsed), *self._recent]))
+
+    def _window_demand(self, spec: state.Spec) -> float:
         if self._used <= 0:
             return 0.0
         elapsed = max(self._clock.monotonic() - self._window_start, 1e-3)
-        floor = self._max_cost * parsed.rate / parsed.burst
-        return min(parsed.rate, max(self._used / elapsed * HEADROOM, floor))
+        floor = self._max_cost * spec.rate / spec.burst
+        return max(self._used / elapsed * HEADROOM, floor)
 
     def _renewed(self, entry: Entry, written: StoredObject) -> None:
         """A renewal was confirmed: what it recorded is in force from now on."""
@@ -437,6 +448,7 @@ class RateLimiter:
             recorded = state.share_of(written.status, entry.id, self._where)
         except CorruptState:
             recorded = None
+        self._recent.append(self._window_demand(self._spec))  # its use, limited or not
         self._window_start = self._clock.monotonic()
         self._used = 0.0
         self._limited = False
@@ -525,6 +537,7 @@ class RateLimiter:
         self._window_start = self._clock.monotonic()
         self._used = 0.0
         self._limited = True
+        self._recent.clear()
         self._seen = -1
         self._rt.renewer.add(entry)
         recorded = state.share_of(written.status, member_id, self._where)

@@ -262,19 +262,25 @@ async def test_a_crashed_members_share_frees_only_after_its_ttl() -> None:
         async with b.rate_limit("api", 10, ttl=3) as lb:
             await advance([ca, cb], 3)
             assert lb.share == pytest.approx(5, rel=1e-6)
+            assert la._entry is not None
+            last_sent = la._entry.sent_at  # its last confirmed write (the clocks agree)
             simulate_crash(a)
-            crashed = cb.monotonic()
             for _ in range(100):
                 await advance([cb], 0.05)
                 if lb.share > 5.01:
                     break
-            # b must first see a's entry unchanged for a's full TTL, then renew.
-            assert cb.monotonic() - crashed >= 3 * 0.99
+            # b must first see a's last write unchanged for a's full TTL (so a's own
+            # deadline, 90% of it, had passed), then renew.
+            assert cb.monotonic() - last_sent >= 3 - 1e-9
             assert lb.share == pytest.approx(10, rel=1e-6)
         assert la is not None
 
 
-async def test_an_idle_member_gives_its_share_to_a_busy_one() -> None:
+@pytest.mark.parametrize("seed", range(10))
+async def test_an_idle_member_gives_its_share_to_a_busy_one(seed: int) -> None:
+    import random
+
+    random.seed(seed)  # the renewals' jitter
     store = MemoryStore()
     clock = FakeClock()
     busy_client = Client(store, identity="busy", clock=clock)
@@ -296,10 +302,11 @@ async def test_an_idle_member_gives_its_share_to_a_busy_one() -> None:
                 assert sum(m.share for m in [busy, *idle]) <= 40
                 if converged is None and busy.share >= 0.85 * 40:
                     converged = step * 0.05
-            # Within four renewal periods (ttl/3 = 1 s) the busy one holds most of the rate
-            # (40 - 3 idle members * their use of 1/s * 1.5)...
+            # From a cold start (all join at once, asking for a fair share), within five
+            # renewal periods (ttl/3 = 1 s; docs/rate-limit.md) the busy one holds most of
+            # the rate (40 - 3 idle members * their use of about 1/s * 1.5)...
             assert converged is not None
-            assert converged <= 4.0
+            assert converged <= 5.0
             assert busy.share == pytest.approx(40 - 3 * 1.5, rel=0.05)
             # ...while the idle ones keep a share that serves their calls.
             assert min(calls) >= 6
