@@ -1,7 +1,7 @@
 """konductor: cluster-wide coordination primitives stored in the Kubernetes API.
 
 Semaphore, barrier, lease / leader election, gate, mutex, read-write mutex,
-once and wait group, kept as objects in the API server you already run: no
+once, wait group and rate limit, kept as objects in the API server you already run: no
 operator, no extra infrastructure. Meant for job-level coordination (startup,
 batch work, long jobs), never for a per-request path.
 
@@ -19,7 +19,14 @@ from konductor._admin import (
     Transition,
 )
 from konductor._client import Client
-from konductor._decorators import barrier, once, with_lease, with_mutex, with_semaphore
+from konductor._decorators import (
+    barrier,
+    once,
+    with_lease,
+    with_mutex,
+    with_rate_limit,
+    with_semaphore,
+)
 from konductor._defaults import configure
 from konductor._errors import (
     AcquireTimeout,
@@ -53,12 +60,13 @@ from konductor._primitives._gate_state import GateCondition
 from konductor._primitives._lease import Lease
 from konductor._primitives._mutex import Lock
 from konductor._primitives._once import OnceStatus
+from konductor._primitives._ratelimit import RateLimiter
 from konductor._primitives._semaphore import Permit
 from konductor._primitives._waitgroup import WaitGroupInfo
 from konductor._store._kubernetes import KubernetesStore
 from konductor._store._local import LocalStore
 from konductor._store._memory import MemoryStore
-from konductor._sync import SyncClient, SyncGrant, SyncGuard
+from konductor._sync import SyncClient, SyncGrant, SyncGuard, SyncRateLimiter
 
 __version__ = "0.1.0.dev0"
 
@@ -98,6 +106,7 @@ __all__ = (
     "OnceLost",
     "OnceStatus",
     "Permit",
+    "RateLimiter",
     "RepairReport",
     "SemaphoreLost",
     "StoreError",
@@ -106,6 +115,7 @@ __all__ = (
     "SyncClient",
     "SyncGrant",
     "SyncGuard",
+    "SyncRateLimiter",
     "Transition",
     "WaitGroupInfo",
     "WaitTimeout",
@@ -116,6 +126,7 @@ __all__ = (
     "validate_name",
     "with_lease",
     "with_mutex",
+    "with_rate_limit",
     "with_semaphore",
 )
 

@@ -22,6 +22,7 @@ from konductor._primitives._gate import GateMethods
 from konductor._primitives._lease import LeaseMethods
 from konductor._primitives._mutex import MutexMethods
 from konductor._primitives._once import OnceMethods
+from konductor._primitives._ratelimit import RateLimitMethods
 from konductor._primitives._semaphore import SemaphoreMethods
 from konductor._primitives._waitgroup import WaitGroupMethods
 from konductor._store._base import Store
@@ -43,6 +44,7 @@ class Client(
     BarrierMethods,
     GateMethods,
     WaitGroupMethods,
+    RateLimitMethods,
 ):
     """Cluster-wide coordination primitives, async API.
 
@@ -93,8 +95,8 @@ class Client(
 
     async def delete(self, kind: str, name: str) -> None:
         """Delete the object of primitive ``kind`` (``"semaphore"``, ``"mutex"``,
-        ``"rwmutex"``, ``"barrier"``, ``"gate"``, ``"once"``, ``"waitgroup"`` or
-        ``"lease"``) named ``name``, whatever its state.
+        ``"rwmutex"``, ``"barrier"``, ``"gate"``, ``"once"``, ``"waitgroup"``,
+        ``"ratelimit"`` or ``"lease"``) named ``name``, whatever its state.
 
         This is the reset of the store's object: a barrier to meet again, a
         once to forget, an object whose state no longer parses. Whoever still

@@ -23,6 +23,7 @@ from konductor._engine._runtime import DEFAULT_TTL
 from konductor._engine._validate import Duration
 from konductor._errors import InvalidArgument
 from konductor._names import validate_name
+from konductor._primitives._ratelimit import Rate, RateLimitRequest, parse_cost
 from konductor._primitives._semaphore import SemaphoreRequest
 from konductor._sync import SyncClient, SyncGuard
 
@@ -103,6 +104,40 @@ def with_mutex(
         lambda c: c.mutex(name, ttl=parsed, timeout=wait, priority=rank),
         client,
     )
+
+
+def with_rate_limit(
+    name: str,
+    rate: Rate,
+    *,
+    burst: float | None = None,
+    cost: float = 1,
+    ttl: Duration = DEFAULT_TTL,
+    timeout: Duration | None = None,
+    client: Client | SyncClient | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Spend ``cost`` tokens of rate limit ``name`` before each call runs.
+
+    The client keeps one membership of the limit for all calls (joined on the
+    first, left when the client closes), so a call costs no API request.
+
+    Raises (at decoration): InvalidArgument / InvalidName for bad arguments.
+    Raises (per call): AcquireTimeout, CorruptState (see ``Client.acquire_rate_limit``).
+    """
+    r = RateLimitRequest.parse(name, rate, burst, ttl)
+    tokens, wait = parse_cost(cost), check.timeout(timeout)
+
+    async def async_around(c: Client, thunk: Callable[[], Awaitable[Any]]) -> Any:
+        await c.acquire_rate_limit(
+            r.name, r.rate, burst=r.burst, cost=tokens, ttl=r.ttl, timeout=wait
+        )
+        return await thunk()
+
+    def sync_around(c: SyncClient, thunk: Callable[[], Any]) -> Any:
+        c.acquire_rate_limit(r.name, r.rate, burst=r.burst, cost=tokens, ttl=r.ttl, timeout=wait)
+        return thunk()
+
+    return _around(async_around, sync_around, client)
 
 
 def _around(

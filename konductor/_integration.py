@@ -47,6 +47,7 @@ from konductor._engine._validate import (
     ttl,
 )
 from konductor._primitives._gate_state import Conditions, parse_conditions
+from konductor._primitives._ratelimit import Rate, RateLimitRequest, parse_cost, parse_rate
 from konductor._primitives._semaphore import Permit, SemaphoreRequest
 from konductor._primitives._semaphore import make as _semaphore
 from konductor._sync import SyncClient, SyncGrant
@@ -109,6 +110,8 @@ __all__ = (
     "Conditions",
     "Duration",
     "ExcInfo",
+    "Rate",
+    "RateLimitRequest",
     "SemaphoreRequest",
     "Settings",
     "Slot",
@@ -119,6 +122,8 @@ __all__ = (
     "fair_split",
     "lifecycle",
     "parse_conditions",
+    "parse_cost",
+    "parse_rate",
     "positive_int",
     "priority",
     "seconds",

@@ -23,3 +23,6 @@ MAX_OPS = 100  # recent operation ids a wait group keeps
 MAX_CONDITIONS = 100  # conditions of one gate
 MIN_PRIORITY = -100  # a queued request's priority (higher is served sooner)
 MAX_PRIORITY = 100
+MAX_RATE = 1e9  # tokens per second of a rate limit (spec.rate)
+MAX_BURST = 1e12  # tokens a rate limit's buckets may hold in all (spec.burst)
+MAX_MEMBERS = 1000  # members sharing one rate limit

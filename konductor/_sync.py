@@ -46,6 +46,7 @@ from konductor._errors import (
     StoreUnavailable,
 )
 from konductor._primitives._lease import Lease
+from konductor._primitives._ratelimit import RateLimiter, RateLimitGuard
 from konductor._store._base import Store
 from konductor._typing import ExcInfo
 
@@ -254,6 +255,105 @@ def _guarding(
     returned = str(inspect.signature(method).return_annotation)
     _twin(call, method, returned.replace("Guarded[", "SyncGuard[", 1))
     return call
+
+
+def _limiting(
+    method: Callable[Concatenate[Any, P], RateLimitGuard],
+) -> Callable[Concatenate[SyncClient, P], SyncRateLimitGuard]:
+    """A rate-limit membership for ``with``: joined on the loop thread on entry."""
+
+    fits = _fits(method)
+
+    def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> SyncRateLimitGuard:
+        fits(args, kwargs)
+        return SyncRateLimitGuard(self, lambda client: method(client, *args, **kwargs))
+
+    _twin(call, method, "SyncRateLimitGuard")
+    return call
+
+
+class SyncRateLimiter:
+    """A rate-limit membership used from blocking code (see :class:`RateLimiter`).
+
+    Every method runs on the client's loop thread, where the bucket lives:
+    spending costs a thread hop, never an API call.
+    """
+
+    def __init__(self, limiter: RateLimiter, sync: SyncClient) -> None:
+        self.limiter = limiter  # the async membership
+        self._sync = sync
+
+    @property
+    def name(self) -> str:
+        return self.limiter.name
+
+    @property
+    def rate(self) -> float:
+        return self.limiter.rate
+
+    @property
+    def burst(self) -> float:
+        return self.limiter.burst
+
+    @property
+    def share(self) -> float:
+        async def read() -> float:
+            return self.limiter.share
+
+        return self._sync._call(read)
+
+    def acquire(self, cost: float = 1, *, timeout: Duration | None = None) -> None:
+        """Block until ``cost`` tokens are spent (see :meth:`RateLimiter.acquire`).
+
+        Raises:
+            as :meth:`RateLimiter.acquire`.
+        """
+        self._sync._call(lambda: self.limiter.acquire(cost, timeout=timeout))
+
+    def try_acquire(self, cost: float = 1) -> bool:
+        """Spend ``cost`` tokens if they are there now (see :meth:`RateLimiter.try_acquire`).
+
+        Raises:
+            as :meth:`RateLimiter.try_acquire`.
+        """
+
+        async def take() -> bool:
+            return self.limiter.try_acquire(cost)
+
+        return self._sync._call(take)
+
+    def __repr__(self) -> str:
+        return f"<Sync{self.limiter!r}>"
+
+
+class SyncRateLimitGuard:
+    """``with``: join the rate limit on the client's loop, leave on exit."""
+
+    def __init__(self, sync: SyncClient, build: Callable[[Client], RateLimitGuard]) -> None:
+        self._sync = sync
+        self._build = build
+        self._guard: RateLimitGuard | None = None
+
+    def __enter__(self) -> SyncRateLimiter:
+        sync = self._sync
+
+        async def enter() -> RateLimiter:
+            guard = self._build(sync._async())
+            limiter = await guard.__aenter__()
+            self._guard = guard
+            return limiter
+
+        return SyncRateLimiter(sync._call(enter), sync)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            self._sync._call(lambda: guard.__aexit__(exc_type, exc, tb))
 
 
 class SyncGrant(Generic[G]):
@@ -465,6 +565,9 @@ class SyncClient:
     waitgroup_done = _blocking(Client.waitgroup_done)
     waitgroup_wait = _blocking(Client.waitgroup_wait)
     waitgroup_status = _blocking(Client.waitgroup_status)
+
+    rate_limit = _limiting(Client.rate_limit)
+    acquire_rate_limit = _blocking(Client.acquire_rate_limit)
 
     delete = _blocking(Client.delete)
 

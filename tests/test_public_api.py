@@ -51,12 +51,14 @@ def test_top_level_exports_are_pinned() -> None:
             "OnceLost",
             "OnceStatus",
             "Permit",
+            "RateLimiter",
             "SemaphoreLost",
             "StoreError",
             "StoreUnavailable",
             "SyncClient",
             "SyncGrant",
             "SyncGuard",
+            "SyncRateLimiter",
             "WaitGroupInfo",
             "WaitTimeout",
             "__version__",
@@ -66,6 +68,7 @@ def test_top_level_exports_are_pinned() -> None:
             "validate_name",
             "with_lease",
             "with_mutex",
+            "with_rate_limit",
             "with_semaphore",
         ]
     )

@@ -23,6 +23,7 @@ from konductor._primitives import _barrier_state as barrier_state
 from konductor._primitives import _gate_state as gate_state
 from konductor._primitives import _lease_state as lease_state
 from konductor._primitives import _once_state as once_state
+from konductor._primitives import _ratelimit_state as ratelimit_state
 from konductor._primitives import _waitgroup_state as waitgroup_state
 from konductor._store._base import JSON, StoredObject
 from konductor._store._kinds import (
@@ -32,6 +33,7 @@ from konductor._store._kinds import (
     MUTEX,
     ONCE,
     PRIMITIVE_KINDS,
+    RATELIMIT,
     RWMUTEX,
     SEMAPHORE,
     WAITGROUP,
@@ -69,6 +71,7 @@ ENTRIES: Mapping[Kind, Entries] = {
     BARRIER: entries_of(),
     GATE: entries_of(),
     WAITGROUP: entries_of(),
+    RATELIMIT: ratelimit_state.tracked_entries,
 }
 
 
@@ -137,6 +140,8 @@ def read(obj: StoredObject, observer: Observer) -> ObjectStatus:
         fields = _gate(obj, where)
     elif obj.kind == WAITGROUP:
         fields = _waitgroup(obj, where)
+    elif obj.kind == RATELIMIT:
+        fields = _ratelimit(obj, where, observer)
     else:
         fields = {"summary": "-"}
     if fields.get("problem") is not None:
@@ -362,3 +367,37 @@ def _waitgroup(obj: StoredObject, where: Where) -> dict[str, Any]:
     count = waitgroup_state.count_of(obj.status) or 0
     summary = f"count {count}"
     return {"summary": summary, "capacity": None, "problem": problem}
+
+
+def _ratelimit(obj: StoredObject, where: Where, observer: Observer) -> dict[str, Any]:
+    """Members as holders (``count`` unset: a share is a rate, shown in the summary)."""
+    problem = _problem(lambda: ratelimit_state.parse_spec(obj.spec, where)) or _problem(
+        lambda: ratelimit_state.parse(obj.status, where)
+    )
+    if problem is not None:
+        return {"summary": f"rate {obj.spec.get('rate', '?')}/s", "problem": problem}
+    spec = ratelimit_state.parse_spec(obj.spec, where)
+    members = ratelimit_state.parse(obj.status, where)
+    allocated = sum(m.share for m in members)
+    holders = tuple(
+        EntryStatus(
+            role=HOLDER,
+            identity=m.holder,
+            id=m.id,
+            ttl=m.ttl,
+            renewals=m.renewals,
+            renewed_at=m.renewed_at,
+            renewed_ago=observer.ago(m.renewed_at),
+            expires_in=observer.expires_in(
+                {"id": m.id, "renewals": m.renewals, "ttlSeconds": m.ttl}, m.ttl
+            ),
+        )
+        for m in members
+    )
+    shares = ", ".join(f"{m.holder} {m.share:g}/s" for m in members)
+    summary = f"{allocated:g}/{spec.rate:g} per second allocated to {len(members)} member(s)"
+    return {
+        "summary": summary + (f" ({shares})" if shares and len(members) <= 5 else ""),
+        "holders": holders,
+        "problem": None,
+    }

@@ -1,13 +1,20 @@
-"""Integer max-min fair shares of a cluster-wide quota among its members.
+"""Max-min fair shares of a cluster-wide quota among its members: one module, two quotas.
+
+:func:`fair_split` divides a count (a database's connection cap among
+SQLAlchemy engines: integers, nothing beyond a member's demand);
+:func:`fair_shares` divides a rate (a rate limit among its members: real
+numbers, and what no demand uses is split equally too, so that an idle fleet
+keeps the whole rate ready for whoever gets busy first). Both fill
+progressively in increasing order of demand, the textbook max-min fairness.
 
 Why: a quota split first come, first served (a database's connection cap
 among engines) lets the first members keep everything. Every member computes
-the split itself from the same observed state, so the function must be pure
+the split itself from the same observed state, so both functions are pure
 and deterministic: the same members and demands give the same shares on
 every machine, whatever order they were listed in (remainders go by sorted
 member id).
 
-The rule (progressive filling, the textbook max-min fairness): every member
+The integer rule (:func:`fair_split`): every member
 first gets ``min(minimum, demand)``; what is left is raised evenly among the
 members still below their demand, a member stopping at its demand; a
 remainder smaller than the number of members still rising goes one each to
@@ -60,3 +67,28 @@ def fair_split(total: int, demands: Mapping[str, int], minimum: int = 1) -> dict
             shares[member] += add
             left -= add
     return shares
+
+
+def fair_shares(rate: float, demands: Mapping[str, float]) -> dict[str, float]:
+    """Max-min fair shares of ``rate`` over ``demands`` (tokens per second each).
+
+    Members are served in increasing order of demand, each getting its demand
+    or an equal split of what is left, whichever is smaller; what remains
+    after every demand is met is split equally (so that an idle fleet keeps
+    the whole rate ready). The result sums to at most ``rate``.
+    """
+    if not demands:
+        return {}
+    order = sorted(demands, key=lambda k: (min(max(demands[k], 0.0), rate), k))
+    out: dict[str, float] = {}
+    left = rate
+    for i, key in enumerate(order):
+        fair = left / (len(order) - i)
+        give = min(max(demands[key], 0.0), fair)
+        out[key] = give
+        left -= give
+    if left > 0:
+        extra = left / len(order)
+        for key in order:
+            out[key] += extra
+    return out

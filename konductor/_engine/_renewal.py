@@ -92,6 +92,9 @@ class Entry(SendRecord):
     lost_reason: str | None = None
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     on_lost: list[Callable[[str], None]] = field(default_factory=list)
+    #: Called with the object as written after each confirmed renewal of the entry
+    #: (what a renewal decided is in force only from then on: a rate-limit share).
+    on_renewed: list[Callable[[StoredObject], None]] = field(default_factory=list)
     #: Remove the entry from the store, giving up at the (monotonic) deadline passed.
     drop: Callable[[float], Awaitable[None]] | None = None
     failures: int = 0
@@ -238,7 +241,7 @@ class Renewer:
             return renew(state, ids, micro_time(self._clock.wall()))
 
         try:
-            missing, _ = await hub.update(
+            missing, written = await hub.update(
                 decide, sends=sends, deadline=min(e.deadline for e in entries)
             )
         except NotFound:
@@ -283,3 +286,8 @@ class Renewer:
                 e.record(sends, present=True)
                 e.failures = 0
                 e.schedule(now)
+                for callback in e.on_renewed:
+                    try:
+                        callback(written)
+                    except Exception:
+                        log.exception("renewed callback failed")

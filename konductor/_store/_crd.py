@@ -34,6 +34,10 @@ def _time(description: str) -> JSON:
     return _str(limits.MAX_TIME, description)
 
 
+def _number(maximum: float, description: str) -> JSON:
+    return {"type": "number", "minimum": 0, "maximum": maximum, "description": description}
+
+
 def _object(properties: JSON, required: list[str] | None = None, description: str = "") -> JSON:
     schema: JSON = {
         "type": "object",
@@ -153,6 +157,26 @@ _STATUS_PROPERTIES: dict[str, JSON] = {
         "doneAt": _time("When it completed."),
         "failedAt": _time("When the last run failed."),
     },
+    "RateLimit": {
+        "members": _array(
+            _object(
+                {
+                    "id": _ID,
+                    "holder": _IDENTITY,
+                    "share": _number(limits.MAX_RATE, "Tokens per second the member may spend."),
+                    "demand": _number(limits.MAX_RATE, "Tokens per second it reported needing."),
+                    "ttlSeconds": _TTL,
+                    "renewals": _COUNTER,
+                    "renewedAt": _time("When the member last wrote its entry (for people)."),
+                },
+                ["id", "holder", "share", "demand", "ttlSeconds", "renewals"],
+            ),
+            limits.MAX_MEMBERS,
+            "The live members and their shares; the shares never sum above spec.rate.",
+        ),
+        "allocated": _number(limits.MAX_RATE * limits.MAX_MEMBERS, "Sum of the shares (derived)."),
+        "memberCount": _int(0, "len(members) (derived).", limits.MAX_MEMBERS),
+    },
     "WaitGroup": {
         "count": _int(0, "Outstanding work.", limits.MAX_TOKEN),
         "drains": _COUNTER,
@@ -203,6 +227,26 @@ _SPEC_PROPERTIES: dict[str, tuple[JSON, list[str]]] = {
     "RWMutex": ({}, []),
     "Once": ({}, []),
     "WaitGroup": ({}, []),
+    "RateLimit": (
+        {
+            "rate": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": limits.MAX_RATE,
+                "description": "Tokens per second, cluster-wide (kubectl edit applies it live).",
+            },
+            "burst": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": limits.MAX_BURST,
+                "description": "Tokens the members' buckets hold in all (default: one second "
+                "of the rate, at least 1).",
+            },
+        },
+        ["rate"],
+    ),
 }
 
 _COLUMNS: dict[str, list[JSON]] = {
@@ -231,6 +275,11 @@ _COLUMNS: dict[str, list[JSON]] = {
         {"name": "Runner", "type": "string", "jsonPath": ".status.runner"},
     ],
     "WaitGroup": [{"name": "Count", "type": "integer", "jsonPath": ".status.count"}],
+    "RateLimit": [
+        {"name": "Rate", "type": "number", "jsonPath": ".spec.rate"},
+        {"name": "Members", "type": "integer", "jsonPath": ".status.memberCount"},
+        {"name": "Allocated", "type": "number", "jsonPath": ".status.allocated"},
+    ],
 }
 
 

@@ -54,11 +54,21 @@ MUTEX = _crd("Mutex", "mutexes", "kmutex")
 RWMUTEX = _crd("RWMutex", "rwmutexes", "krwmutex")
 ONCE = _crd("Once", "onces", "konce")
 WAITGROUP = _crd("WaitGroup", "waitgroups", "kwg")
+RATELIMIT = _crd("RateLimit", "ratelimits", "krl")
 
 LEASE = Kind("Lease", "leases", "coordination.k8s.io", "v1", has_status=False, builtin=True)
 JOB = Kind("Job", "jobs", "batch", "v1", has_status=True, builtin=True)
 
-CUSTOM_KINDS: tuple[Kind, ...] = (SEMAPHORE, BARRIER, GATE, MUTEX, RWMUTEX, ONCE, WAITGROUP)
+CUSTOM_KINDS: tuple[Kind, ...] = (
+    SEMAPHORE,
+    BARRIER,
+    GATE,
+    MUTEX,
+    RWMUTEX,
+    ONCE,
+    WAITGROUP,
+    RATELIMIT,
+)
 ALL_KINDS: tuple[Kind, ...] = (*CUSTOM_KINDS, LEASE, JOB)
 
 #: The kind of each primitive, by the name users give it (``Client.delete``,
@@ -71,5 +81,6 @@ PRIMITIVE_KINDS: dict[str, Kind] = {
     "gate": GATE,
     "once": ONCE,
     "waitgroup": WAITGROUP,
+    "ratelimit": RATELIMIT,
     "lease": LEASE,
 }

@@ -22,6 +22,7 @@ from tests.client.test_delete import make_one_of_each
 
 NAMES = {"semaphore": "sem", "mutex": "mtx", "rwmutex": "rw", "barrier": "bar"}
 NAMES |= {"gate": "gate", "once": "once", "waitgroup": "wg", "lease": "lease"}
+NAMES |= {"ratelimit": "rl"}
 
 
 def populate(store: Store) -> None:

@@ -58,7 +58,16 @@ def test_install_applies_crds_and_rbac_and_is_idempotent(kube_crds: Any) -> None
     crd_names = {n for k, n in applied if k == "CustomResourceDefinition"}
     assert crd_names == {
         f"{p}.konductor.io"
-        for p in ("semaphores", "barriers", "gates", "mutexes", "rwmutexes", "onces", "waitgroups")
+        for p in (
+            "semaphores",
+            "barriers",
+            "gates",
+            "mutexes",
+            "rwmutexes",
+            "onces",
+            "waitgroups",
+            "ratelimits",
+        )
     }
     assert {applied[(k, "konductor")] for k in ("ServiceAccount", "Role", "RoleBinding")} == {
         "created"
@@ -66,7 +75,7 @@ def test_install_applies_crds_and_rbac_and_is_idempotent(kube_crds: Any) -> None
     again = kube.run("install")
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("unchanged") == 3  # SA, Role, RoleBinding
-    assert again.stdout.count("established") == 7
+    assert again.stdout.count("established") == 8
     # The Role was edited by someone: install puts the shipped rules back.
     role = json.loads(kubectl(kube_crds, "-n", ns, "get", "role", "konductor", "-o", "json").stdout)
     role["rules"] = role["rules"][:1]

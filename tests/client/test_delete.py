@@ -21,6 +21,7 @@ async def make_one_of_each(client: Client) -> None:
     await client.once("once", _nothing)
     await client.waitgroup_add("wg", 1)
     await client.try_acquire_lease("lease")
+    await client.acquire_rate_limit("rl", 10)
 
 
 async def _nothing() -> str:
@@ -32,6 +33,7 @@ async def test_delete_removes_every_kind_and_a_barrier_can_be_met_again(backend:
         await make_one_of_each(client)
         names = {"semaphore": "sem", "mutex": "mtx", "rwmutex": "rw", "barrier": "bar"}
         names |= {"gate": "gate", "once": "once", "waitgroup": "wg", "lease": "lease"}
+        names |= {"ratelimit": "rl"}
         assert set(names) == set(PRIMITIVE_KINDS)
         for kind, name in names.items():
             await backend.store.get(PRIMITIVE_KINDS[kind], name)  # exists

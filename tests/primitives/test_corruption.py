@@ -32,6 +32,7 @@ from konductor.store import (
     LEASE,
     MUTEX,
     ONCE,
+    RATELIMIT,
     RWMUTEX,
     SEMAPHORE,
     WAITGROUP,
@@ -95,6 +96,7 @@ MALFORMED_QUEUED: dict[str, Mutation] = {
 }
 
 # Malformed writes into the other kinds' status.
+_MEMBER = {"id": "a", "holder": "h", "share": 1, "demand": 1, "ttlSeconds": 3, "renewals": 0}
 MALFORMED_OTHER: list[tuple[Kind, JSON]] = [
     (BARRIER, {"arrived": "everyone"}),
     (BARRIER, {"arrived": [{"arrivedAt": "now"}]}),
@@ -114,9 +116,20 @@ MALFORMED_OTHER: list[tuple[Kind, JSON]] = [
     (WAITGROUP, {"ops": [str(i) for i in range(101)]}),
     (MUTEX, {"holders": [{"id": "a"}]}),
     (RWMUTEX, {"queue": [{"id": "a", "holder": "h", "count": 1, "mode": "sideways"}]}),
+    (RATELIMIT, {"members": 3}),
+    (RATELIMIT, {"members": [{"id": "a"}]}),
+    (RATELIMIT, {"members": [{**_MEMBER, "share": -1}]}),
+    (RATELIMIT, {"members": [{**_MEMBER, "share": "all"}]}),
+    (RATELIMIT, {"members": [{**_MEMBER, "ttlSeconds": 0}]}),
+    (RATELIMIT, {"memberCount": -1}),
 ]
 
 MALFORMED_SPEC: list[tuple[Kind, JSON]] = [
+    (RATELIMIT, {}),
+    (RATELIMIT, {"rate": 0}),
+    (RATELIMIT, {"rate": "100/s"}),
+    (RATELIMIT, {"rate": 1e10}),
+    (RATELIMIT, {"rate": 5, "burst": 0}),
     (SEMAPHORE, {"permits": -1}),
     (SEMAPHORE, {"permits": 0}),
     (SEMAPHORE, {"permits": "two"}),
@@ -169,7 +182,7 @@ async def test_malformed_status_writes_are_refused_and_change_nothing(
 
 async def test_malformed_writes_of_every_kind_are_refused(backend: Backend) -> None:
     store = backend.store
-    base = {BARRIER: {"expected": 2}, SEMAPHORE: {"permits": 2}}
+    base = {BARRIER: {"expected": 2}, SEMAPHORE: {"permits": 2}, RATELIMIT: {"rate": 5}}
     accepted = []
     for i, (kind, status) in enumerate(MALFORMED_OTHER):
         obj = await store.create(kind, f"o{i}", base.get(kind, {}))
@@ -448,6 +461,16 @@ async def _start_waitgroup(c: Client) -> None:
     await c.waitgroup_add("obj", 2)
 
 
+async def _start_ratelimit(c: Client) -> None:
+    await c.store.create(RATELIMIT, "obj", {"rate": 1 / 3600})
+
+
+async def _wait_ratelimit(c: Client) -> None:
+    # One token an hour, shared: the bucket starts empty, so acquire waits.
+    async with c.rate_limit("obj", "1/h", ttl=10) as limiter:
+        await limiter.acquire(timeout=20)
+
+
 async def _start_mutex(c: Client) -> None:
     await c.acquire_mutex("obj", ttl=10)
 
@@ -483,6 +506,12 @@ WAITING: dict[str, tuple[Kind, Any, Callable[[Client], Any], JSON]] = {
         _start_waitgroup,
         lambda c: c.waitgroup_wait("obj", timeout=20),
         {"count": -5, "drains": 0, "ops": []},
+    ),
+    "ratelimit": (
+        RATELIMIT,
+        _start_ratelimit,
+        _wait_ratelimit,
+        {"members": [{"id": "x", "holder": "h"}], "allocated": 0, "memberCount": 1},
     ),
     "mutex": (
         MUTEX,

@@ -17,7 +17,7 @@ import pytest
 
 from konductor import Client, Forbidden, NotFound, with_semaphore
 from konductor._manifests import admin_rbac, rbac, runtime_rules
-from konductor.store import JOB, LEASE, SEMAPHORE, Kind, KubernetesStore
+from konductor.store import JOB, LEASE, RATELIMIT, SEMAPHORE, Kind, KubernetesStore
 from tests.store.conftest import fresh_namespace
 
 pytestmark = pytest.mark.kubernetes
@@ -72,6 +72,12 @@ async def test_the_shipped_role_runs_every_primitive(kube_crds: Any) -> None:
         await bob.waitgroup_add("wg", 1)
         await bob.waitgroup_done("wg")
         await bob.waitgroup_wait("wg", timeout=10)
+        async with bob.rate_limit("provider", "10/s", ttl=3) as limiter:
+            await limiter.acquire(timeout=10)
+            await asyncio.sleep(1.5)  # at least one renewal
+            (member,) = (await store.get(RATELIMIT, "provider")).status["members"]
+            assert member["renewals"] >= 1
+            assert limiter.share > 0
 
         @with_semaphore("decorated", permits=1, ttl=3, client=bob)
         async def guarded() -> int:
