@@ -72,7 +72,7 @@ _GAUGE = re.compile(r"^apiserver_longrunning_gauge\{(?P<labels>[^}]*)\}\s+(?P<va
 
 @dataclass(frozen=True)
 class ServerCounts:
-    """apiserver_request_total for the semaphores resource, by (verb, code)."""
+    """apiserver_request_total for one resource, by (verb, code)."""
 
     by: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -98,10 +98,14 @@ class ServerCounts:
 
 
 class Metrics:
-    """Scrapes the apiserver's /metrics with the kubeconfig's (admin) credentials."""
+    """Scrapes the apiserver's /metrics with the kubeconfig's (admin) credentials.
 
-    def __init__(self, kubeconfig: str) -> None:
+    Counts one konductor resource (``semaphores`` unless told otherwise).
+    """
+
+    def __init__(self, kubeconfig: str, resource: str = "semaphores") -> None:
         self.kubeconfig = kubeconfig
+        self.resource = resource
 
     async def _text(self) -> str:
         from kubernetes_asyncio import config as k8s_config
@@ -121,21 +125,20 @@ class Metrics:
             data = await resp.read()
         return data.decode() if isinstance(data, bytes) else str(data)
 
-    @staticmethod
-    def _semaphore_lines(
-        text: str, pattern: re.Pattern[str]
+    def _resource_lines(
+        self, text: str, pattern: re.Pattern[str]
     ) -> Iterator[tuple[dict[str, str], float]]:
         for line in text.splitlines():
             m = pattern.match(line)
             if m is None:
                 continue
             labels = dict(_LABEL.findall(m["labels"]))
-            if labels.get("resource") == "semaphores" and labels.get("group") == "konductor.io":
+            if labels.get("resource") == self.resource and labels.get("group") == "konductor.io":
                 yield labels, float(m["value"])
 
     async def scrape(self) -> ServerCounts:
         by: Counter[tuple[str, str]] = Counter()
-        for labels, value in self._semaphore_lines(await self._text(), _METRIC):
+        for labels, value in self._resource_lines(await self._text(), _METRIC):
             by[(labels.get("verb", "?"), labels.get("code", "?"))] += int(value)
         return ServerCounts(by)
 
@@ -144,7 +147,7 @@ class Metrics:
         return int(
             sum(
                 v
-                for labels, v in self._semaphore_lines(text, _GAUGE)
+                for labels, v in self._resource_lines(text, _GAUGE)
                 if labels.get("verb") == "WATCH"
             )
         )
