@@ -65,7 +65,7 @@ def test_uninstall_removes_rbac_and_crds_after_confirmation_and_keeps_a_prior_ac
     assert removed[("RoleBinding", "konductor")] == "deleted"
     assert removed[("ServiceAccount", "konductor")] == "deleted"
     crd_actions = {n: a for (k, n), a in removed.items() if k == "CustomResourceDefinition"}
-    assert len(crd_actions) == 7
+    assert len(crd_actions) == 8  # one per konductor kind
     assert set(crd_actions.values()) == {"deleted"}
     got = json.loads(kubectl(admin, "get", "crd", "-o", "json").stdout)
     assert [c for c in got["items"] if c["spec"]["group"] == "konductor.io"] == []
