@@ -307,3 +307,28 @@ def cut_off_rival(self: CoordinatedTask, *, key: str) -> int:
     assert self.permit is not None
     witness().rpush(f"{key}:rival-in", f"{time.time():.6f}")
     return self.permit.token
+
+
+# -- a cluster-wide rate limit: 10 bodies start per second across every worker -----------
+
+RATE = {
+    "cluster_rate_limit": "10/s",
+    "rate_limit_name": "limited",
+    # burst: the default, one second of the rate (10 tokens, 2.5 per worker process)
+    "ttl": 3,  # renewals (and share moves) every second
+    "requeue_delay": 0.2,
+    "requeue_delay_max": 2.0,
+}
+
+
+@app.task(base=CoordinatedTask, **RATE)
+def limited(i: int, *, key: str) -> int:
+    witness().rpush(f"{key}:entries", f"{time.time():.6f}")  # the start, as the witness saw it
+    time.sleep(0.02)  # the rate-limited call
+    return os.getpid()
+
+
+@app.task(base=CoordinatedTask, on_limited="wait", wait_timeout=30, **RATE)
+def limited_waiting(i: int, *, key: str) -> int:
+    witness().rpush(f"{key}:entries", f"{time.time():.6f}")
+    return os.getpid()
