@@ -86,3 +86,27 @@ def test_a_cluster_rate_limit_holds_across_two_prefork_workers(
         f"{c.count('state:RETRY')} re-queues; 20 plain tasks done after "
         f"{started_when_plain_done} limited starts; starts per second: {per_second(stamps)}"
     )
+
+
+def test_on_limited_wait_waits_in_the_worker_and_keeps_the_bound(
+    celery_cluster: CeleryCluster,
+) -> None:
+    # "wait" spends the token in the worker process as soon as its share has
+    # one (holding the slot meanwhile): no re-queue at all, the same bound.
+    c = celery_cluster
+    c.start(count=2, concurrency=2)
+    n = 50
+    results = [c.send("limited_waiting", i, key=c.key) for i in range(n)]
+    pids = [c.get(r, timeout=120) for r in results]
+    stamps = sorted(c.entries())
+    assert len(stamps) == n
+    peaks = {t: peak(stamps, t) for t in (1.0, 2.0)}
+    for window, most in peaks.items():
+        assert most <= BURST + RATE * window, f"{most} starts within {window:g}s: {peaks}"
+    assert c.count("state:RETRY") == 0  # wait_timeout=30 s is never reached
+    assert len(set(pids)) == 4
+    assert len(c.ratelimit_status("limited").get("members") or []) == 4
+    print(
+        f"\n{n} tasks, on_limited='wait': {stamps[-1] - stamps[0]:.1f}s, peaks "
+        f"{peaks[1.0]}/1s {peaks[2.0]}/2s; starts per second: {per_second(stamps)}"
+    )
