@@ -706,6 +706,9 @@ class CoordinatedTask(Task):  # type: ignore[misc]
             why = (
                 f"rate limit {name!r} is spent in this worker process "
                 f"(its share {share:.3g}/s of {limiter.rate:g}/s)"
+                if share > 0
+                else f"rate limit {name!r} has no share for this worker process yet "
+                f"(rate {limiter.rate:g}/s; shares move every ttl/3)"
             )
         self._requeue(plan, why, first=first)
 
