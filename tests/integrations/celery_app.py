@@ -332,3 +332,25 @@ def limited(i: int, *, key: str) -> int:
 def limited_waiting(i: int, *, key: str) -> int:
     witness().rpush(f"{key}:entries", f"{time.time():.6f}")
     return os.getpid()
+
+
+# -- a rate limit and a semaphore on one task: 10 starts/s, 2 at once, each 0.2 s -------
+
+
+@app.task(
+    base=CoordinatedTask,
+    semaphore="metered",
+    permits=2,
+    cluster_rate_limit="10/s",
+    rate_limit_name="metered",
+    ttl=3,
+    requeue_delay=0.2,
+    requeue_delay_max=1.0,
+)
+def metered(i: int, *, key: str, hold: float = 0.2) -> int:
+    enter(key)  # also records the start in key:entries
+    try:
+        time.sleep(hold)
+    finally:
+        leave(key)
+    return os.getpid()

@@ -110,3 +110,32 @@ def test_on_limited_wait_waits_in_the_worker_and_keeps_the_bound(
         f"\n{n} tasks, on_limited='wait': {stamps[-1] - stamps[0]:.1f}s, peaks "
         f"{peaks[1.0]}/1s {peaks[2.0]}/2s; starts per second: {per_second(stamps)}"
     )
+
+
+def test_a_rate_limit_and_a_semaphore_on_one_task_both_hold(
+    celery_cluster: CeleryCluster,
+) -> None:
+    # permits=2 with 0.2 s bodies also allow about 10 starts/s: both gates bind.
+    # The token is taken first; a task that then finds the semaphore full is
+    # re-queued, and its token is spent without a call (never an extra start).
+    c = celery_cluster
+    c.start(count=2, concurrency=2)
+    n = 40
+    results = [c.send("metered", i, key=c.key) for i in range(n)]
+    assert all(isinstance(c.get(r, timeout=120), int) for r in results)
+    stamps = sorted(c.entries())
+    assert len(stamps) == n
+    assert c.count("total") == n
+    assert c.count("max") <= 2, f"{c.count('max')} inside at once"
+    assert c.count("inside") == 0
+    peaks = {t: peak(stamps, t) for t in (1.0, 2.0)}
+    for window, most in peaks.items():
+        assert most <= BURST + RATE * window, f"{most} starts within {window:g}s: {peaks}"
+    status = c.semaphore_status("metered")
+    assert status["inUse"] == 0
+    assert not status.get("holders")
+    print(
+        f"\n{n} tasks, 10/s and permits=2: {stamps[-1] - stamps[0]:.1f}s, peaks "
+        f"{peaks[1.0]}/1s {peaks[2.0]}/2s, {c.count('max')} at once, "
+        f"{c.count('state:RETRY')} re-queues"
+    )
