@@ -18,9 +18,11 @@ which would leave nothing to spend.
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 import pytest
 
+from konductor import NotFound
 from tests.integrations.celery_support import CeleryCluster
 from tests.integrations.celery_support import celery_cluster as celery_cluster
 
@@ -32,6 +34,13 @@ RATE, BURST = 10.0, 10.0  # tests/integrations/celery_app.py RATE (burst: the de
 def peak(stamps: list[float], window: float) -> int:
     """The most starts in any half-open window [t, t + window) (one starts at a start)."""
     return max(bisect.bisect_left(stamps, t + window) - i for i, t in enumerate(stamps))
+
+
+def members_of(c: CeleryCluster, name: str) -> list[dict[str, Any]]:
+    try:
+        return list(c.ratelimit_status(name).get("members") or [])
+    except NotFound:  # no task has run yet
+        return []
 
 
 def per_second(stamps: list[float]) -> list[int]:
@@ -139,3 +148,22 @@ def test_a_rate_limit_and_a_semaphore_on_one_task_both_hold(
         f"{peaks[1.0]}/1s {peaks[2.0]}/2s, {c.count('max')} at once, "
         f"{c.count('state:RETRY')} re-queues"
     )
+
+
+def test_the_threads_of_one_worker_share_one_membership(celery_cluster: CeleryCluster) -> None:
+    c = celery_cluster
+    c.start(count=1, concurrency=4, pool="threads")
+    n = 40
+    results = [c.send("limited", i, key=c.key) for i in range(n)]
+    c.wait_for(lambda: members_of(c, "limited"), "the first member joined")
+    members = members_of(c, "limited")  # while the other tasks are still limited
+    pids = {c.get(r, timeout=120) for r in results}
+    stamps = sorted(c.entries())
+    assert len(stamps) == n
+    assert len(pids) == 1
+    assert len(members) == 1, members  # four threads, one process: one member
+    assert len(c.ratelimit_status("limited").get("members") or []) == 1
+    peaks = {t: peak(stamps, t) for t in (1.0, 2.0)}
+    for window, most in peaks.items():
+        assert most <= BURST + RATE * window, f"{most} starts within {window:g}s: {peaks}"
+    print(f"\n{n} tasks on 4 threads: {stamps[-1] - stamps[0]:.1f}s, peaks {peaks}")
