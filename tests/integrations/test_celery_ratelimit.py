@@ -8,11 +8,16 @@ What is asserted is the rate limiter's guarantee (docs/rate-limit.md): the
 shares in force never sum above the rate and the buckets never hold more
 than ``burst`` in all, so in any window of T seconds at most
 ``burst + rate * T`` tokens are spent, and a body starts only after its token
-was spent. With ``rate="10/s"`` and ``burst=4`` (one token per worker
-process): at most 14 starts in any 1-second window, 24 in any 2 s, 54 in any
-5 s. "10 per second" holds on average, with at most ``burst`` on top in any
-window; no test can ask for exactly 10 in every second without ``burst=0``,
-which would leave nothing to spend.
+was spent (nothing but a local check, or one semaphore try, between the two).
+With ``rate="10/s"`` and the default ``burst`` (one second of the rate: 10
+tokens, 2.5 per worker process): at most 20 starts in any 1-second window,
+30 in any 2 s, 60 in any 5 s, checked over every window that begins at a
+start (the busiest window of a length always does). "10 per second" holds on
+average, with at most ``burst`` on top in any window; no test can ask for
+exactly 10 in every second without ``burst=0``, which would leave nothing to
+spend. A smaller burst tightens the bound but lets a member's bucket
+overflow between the re-queued attempts that reach it (docs/celery.md,
+"Tuning the re-queues").
 """
 
 from __future__ import annotations
