@@ -324,6 +324,7 @@ RATE = {
 @app.task(base=CoordinatedTask, **RATE)
 def limited(i: int, *, key: str) -> int:
     witness().rpush(f"{key}:entries", f"{time.time():.6f}")  # the start, as the witness saw it
+    witness().rpush(f"{key}:pids", os.getpid())
     time.sleep(0.02)  # the rate-limited call
     return os.getpid()
 

@@ -23,6 +23,9 @@ overflow between the re-queued attempts that reach it (docs/celery.md,
 from __future__ import annotations
 
 import bisect
+import os
+import signal
+import time
 from typing import Any
 
 import pytest
@@ -172,3 +175,45 @@ def test_the_threads_of_one_worker_share_one_membership(celery_cluster: CeleryCl
     for window, most in peaks.items():
         assert most <= BURST + RATE * window, f"{most} starts within {window:g}s: {peaks}"
     print(f"\n{n} tasks on 4 threads: {stamps[-1] - stamps[0]:.1f}s, peaks {peaks}")
+
+
+def test_a_sigkilled_childs_share_goes_to_the_others_after_its_ttl(
+    celery_cluster: CeleryCluster,
+) -> None:
+    # A prefork child is SIGKILLed mid-run: it cannot leave, so its entry (and
+    # share) stays until the others have seen it unchanged for its ttl (3 s);
+    # Celery forks a replacement, which joins as a new member. The bound holds
+    # throughout, and the full rate is used again once the share moved.
+    c = celery_cluster
+    ttl = 3.0  # tests/integrations/celery_app.py RATE
+    c.start(count=2, concurrency=2)
+    n = 200
+    results = [c.send("limited", i, key=c.key) for i in range(n)]
+    c.wait_for(lambda: len(c.entries()) >= 20, "20 limited tasks started")
+    pid = int(c.redis.lindex(f"{c.key}:pids", -1) or 0)
+    os.kill(pid, signal.SIGKILL)  # a pool child of a worker this test started
+    killed_at = time.time()
+    for r in results:
+        r.get(timeout=120, propagate=False)
+    states = [r.state for r in results]
+    # The child may have been running one task when it died (Celery fails it
+    # with WorkerLostError); every other one ran.
+    assert states.count("SUCCESS") >= n - 1, {s: states.count(s) for s in set(states)}
+    stamps = sorted(c.entries())
+    assert len(stamps) >= n - 1
+    peaks = {t: peak(stamps, t) for t in (1.0, 2.0, 5.0)}
+    for window, most in peaks.items():
+        assert most <= BURST + RATE * window, f"{most} starts within {window:g}s: {peaks}"
+    # From a ttl and three renewal periods (the newcomer's fair share) after
+    # the kill to when 40 tasks still waited: the whole rate in use again.
+    begin, end = killed_at + ttl + 3.0, stamps[-40]
+    assert end - begin >= 3.0, f"too little left after the kill: {end - begin:.1f}s"
+    used = (bisect.bisect_left(stamps, end) - bisect.bisect_left(stamps, begin)) / (end - begin)
+    assert used >= 0.8 * RATE, f"{used:.1f}/s of {RATE:g}/s after the kill"
+    members = members_of(c, "limited")
+    assert len(members) == 4, members  # the replacement is in, the dead entry gone
+    assert not [m for m in members if f"-{pid}-" in m["holder"]], members
+    print(
+        f"\nSIGKILLed child {pid}: {n} tasks, peaks {peaks}, {used:.2f}/s from "
+        f"{ttl + 3:g}s after the kill; starts per second: {per_second(stamps)}"
+    )
