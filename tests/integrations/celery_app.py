@@ -62,7 +62,9 @@ def witness() -> redis.Redis:
     """A Redis connection of this process (a forked child must not share the parent's)."""
     global _redis
     if _redis is None or _redis[0] != os.getpid():
-        _redis = (os.getpid(), redis.Redis.from_url(BROKER))
+        # redis-py 8 reads with a 5 s socket timeout by default, which ends the
+        # BLPOP of wait_for_release() after 5 s whatever its own timeout says.
+        _redis = (os.getpid(), redis.Redis.from_url(BROKER, socket_timeout=300))
     return _redis[1]
 
 
