@@ -22,6 +22,13 @@ How it works:
   ``max_retries``. ``on_full="wait"`` instead waits in the semaphore's FIFO
   queue for up to ``wait_timeout`` seconds, holding the worker slot, and then
   re-queues like ``"retry"``.
+- ``cluster_rate_limit="100/s"`` caps how many bodies *start* per second
+  across every worker, in a konductor rate limit: each worker process is one
+  member, spending from its local share (no API call per task). With
+  ``on_limited="retry"`` (the default) a task that finds no token re-queues
+  itself like a full semaphore's, holding no worker slot; ``"wait"`` waits
+  for a token in the process, holding the slot. Celery's own ``rate_limit``
+  (per worker) is refused on these tasks, so the two are never confused.
 - One :class:`konductor.SyncClient` per worker process: created at
   ``worker_process_init`` (prefork children, the solo pool) or on first use
   (the threads pool), closed at ``worker_process_shutdown`` / ``worker_shutdown``.
@@ -36,6 +43,7 @@ as ``"kubernetes"``) and ``app.conf.konductor_namespace``; else
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -65,13 +73,29 @@ from konductor import (
     StoreUnavailable,
     SyncClient,
     SyncGrant,
+    SyncRateLimiter,
     validate_name,
 )
 from konductor import _integration as check
-from konductor._integration import DEFAULT_TTL, Backoff, configured, store_from_spec
+from konductor._integration import (
+    DEFAULT_TTL,
+    Backoff,
+    Rate,
+    RateLimitRequest,
+    configured,
+    parse_rate,
+    store_from_spec,
+)
 from konductor.store import Store
 
-__all__ = ("NAMESPACE_SETTING", "STORE_SETTING", "CoordinatedTask", "close_clients", "get_client")
+__all__ = (
+    "NAMESPACE_SETTING",
+    "STORE_SETTING",
+    "CoordinatedTask",
+    "close_clients",
+    "default_rate_limit_name",
+    "get_client",
+)
 
 log = logging.getLogger("konductor.celery")
 
@@ -83,6 +107,7 @@ NAMESPACE_SETTING = "konductor_namespace"
 REQUEUES_HEADER = "konductor_requeues"
 
 ON_FULL = ("retry", "wait")
+ON_LIMITED = ("retry", "wait")
 ON_DUPLICATE = ("retry", "drop")
 
 
@@ -106,10 +131,14 @@ class _Plan:
     requeue_delay_max: float
     max_requeues: int | None
     semaphore_priority: int = 0
+    rate: float | None = None  # cluster_rate_limit, tokens per second
+    rate_limit_name: str | None = None  # None: default_rate_limit_name(task name)
+    rate_limit_burst: float | None = None
+    on_limited: str = "retry"
 
     @property
     def gated(self) -> bool:
-        return self.semaphore is not None or self.singleton_key is not None
+        return self.semaphore is not None or self.singleton_key is not None or self.rate is not None
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -117,6 +146,44 @@ def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
         options = " or ".join(repr(a) for a in allowed)
         raise InvalidArgument(f"{what} must be {options}, got {value!r}", argument=what)
     return value
+
+
+def _rate_options(cls: type[CoordinatedTask]) -> tuple[float | None, str | None, float | None]:
+    """The cluster-wide rate limit of a task class: (tokens per second, name, burst).
+
+    Celery's own ``rate_limit`` is refused: it is a per-worker limit that
+    Celery enforces by itself, and on a task whose other limits are
+    cluster-wide it reads as one (``rate_limit="10/s"`` on 4 workers is 40/s).
+    """
+    celery_limit = getattr(cls, "rate_limit", None)
+    if celery_limit is not None:
+        raise InvalidArgument(
+            f"rate_limit={celery_limit!r} is Celery's own rate limit, which each worker "
+            "enforces separately (4 workers run 4 times that); for one limit across every "
+            f"worker use cluster_rate_limit={celery_limit!r}. If you do mean Celery's "
+            "per-worker limit, set it through app.conf.task_annotations = "
+            f"{{'<task name>': {{'rate_limit': {celery_limit!r}}}}}",
+            argument="rate_limit",
+        )
+    cluster, name, burst = cls.cluster_rate_limit, cls.rate_limit_name, cls.rate_limit_burst
+    if cluster is None:
+        if "run" in cls.__dict__:  # a task, not a base class that leaves it to subclasses
+            for option, value in (("rate_limit_name", name), ("rate_limit_burst", burst)):
+                if value is not None:
+                    raise InvalidArgument(
+                        f"{option}={value!r} was given without cluster_rate_limit=; give the "
+                        "rate, e.g. cluster_rate_limit='10/s'",
+                        argument=option,
+                    )
+        return None, None, None
+    per_second = parse_rate(cluster, "cluster_rate_limit")
+    if name is not None:
+        validate_name(name, what="rate_limit_name")
+    try:
+        request = RateLimitRequest.parse(name or "celery", per_second, burst)
+    except InvalidArgument as exc:  # only burst is left to refuse
+        raise InvalidArgument(f"rate_limit_burst: {exc}", argument="rate_limit_burst") from None
+    return request.rate, name, request.burst
 
 
 def _plan_of(cls: type[CoordinatedTask]) -> _Plan:
@@ -161,6 +228,7 @@ def _plan_of(cls: type[CoordinatedTask]) -> _Plan:
             raise InvalidArgument(
                 f"max_requeues must be None (no limit) or an integer >= 0, got {max_requeues!r}"
             )
+        rate, rate_name, burst = _rate_options(cls)
         return _Plan(
             semaphore=semaphore,
             permits=permits,
@@ -173,6 +241,10 @@ def _plan_of(cls: type[CoordinatedTask]) -> _Plan:
             requeue_delay_max=delay_max,
             max_requeues=max_requeues,
             semaphore_priority=check.priority(cls.semaphore_priority),
+            rate=rate,
+            rate_limit_name=rate_name,
+            rate_limit_burst=burst,
+            on_limited=_choice(cls.on_limited, ON_LIMITED, "on_limited"),
         )
     except InvalidArgument as exc:
         raise type(exc)(f"{where}: {exc}", argument=exc.argument) from None
@@ -187,6 +259,15 @@ def singleton_name(task_name: str, key: object) -> str:
     digest = hashlib.sha256(f"{task_name}\x00{key}".encode()).hexdigest()[:16]
     slug = re.sub(r"[^a-z0-9]+", "-", task_name.lower()).strip("-")[:80].strip("-")
     return f"celery-{slug}-{digest}" if slug else f"celery-{digest}"
+
+
+def default_rate_limit_name(task_name: str) -> str:
+    """The rate limit a task with ``cluster_rate_limit`` and no ``rate_limit_name`` uses.
+
+    Readable task name + a digest of it (``celery-shop-charge-<digest>``): a
+    valid DNS-1123 name whatever the task is called, and one limit per task.
+    """
+    return singleton_name(task_name, "\x00rate-limit")
 
 
 # -- one client per worker process -------------------------------------------------------
@@ -240,12 +321,45 @@ def get_client(app: Any = None) -> SyncClient:
     with _lock:
         if _clients_pid != os.getpid():  # a forked child: the parent's clients are not ours
             _clients.clear()
+            _memberships.clear()
             _clients_pid = os.getpid()
         client = _clients.get(app)
         if client is None:
             client = _build_client(app)
             _clients[app] = client
         return client
+
+
+@dataclass
+class _Membership:
+    guard: contextlib.AbstractContextManager[SyncRateLimiter]
+    limiter: SyncRateLimiter
+
+
+# This process's memberships of rate limits, by (client, limit name): one per
+# worker process, joined by its first rate-limited task, left at shutdown.
+_memberships: dict[tuple[SyncClient, str], _Membership] = {}
+_join_lock = threading.Lock()  # one join at a time; other threads then use it
+
+
+def _rate_limiter(client: SyncClient, name: str, plan: _Plan) -> SyncRateLimiter:
+    """This process's membership of rate limit ``name``, joined (one write) on first use.
+
+    Raises:
+        StoreUnavailable / CorruptState / KonductorError: the join failed (the
+            next task tries again).
+    """
+    assert plan.rate is not None
+    key = (client, name)
+    with _join_lock:
+        with _lock:
+            held = _memberships.get(key)
+        if held is None:
+            guard = client.rate_limit(name, plan.rate, burst=plan.rate_limit_burst, ttl=plan.ttl)
+            held = _Membership(guard, guard.__enter__())
+            with _lock:
+                _memberships[key] = held
+        return held.limiter
 
 
 def _on_process_init(**_: Any) -> None:
@@ -274,8 +388,20 @@ def close_clients() -> None:
 
 def _close_process_clients(**_: Any) -> None:
     with _lock:
-        mine = list(_clients.values()) if _clients_pid == os.getpid() else []
+        ours = _clients_pid == os.getpid()
+        mine = list(_clients.values()) if ours else []
+        members = list(_memberships.values()) if ours else []
         _clients.clear()
+        _memberships.clear()
+    for member in members:  # leave first: the others get its share at their next renewal
+        try:
+            member.guard.__exit__(None, None, None)
+        except Exception:
+            log.warning(
+                "konductor: leaving rate limit %r failed; its share comes back after its ttl",
+                member.limiter.name,
+                exc_info=True,
+            )
     for client in mine:
         try:
             client.close()
@@ -332,7 +458,7 @@ def _release(client: SyncClient, grant: SyncGrant[Any]) -> BaseException | None:
 
 
 class CoordinatedTask(Task):  # type: ignore[misc]
-    """A Celery task gated by a cluster-wide semaphore and/or run as a singleton.
+    """A Celery task gated by a cluster-wide semaphore, rate limit and/or run as a singleton.
 
     Use as ``@app.task(base=CoordinatedTask, semaphore="payments-api", permits=3)``
     or subclass it and set the options as class attributes. Options:
@@ -375,6 +501,30 @@ class CoordinatedTask(Task):  # type: ignore[misc]
     ``max_requeues``
         Re-queues before giving up with :class:`konductor.AcquireTimeout`
         (``None``, the default: never give up).
+    ``cluster_rate_limit``
+        At most this many task bodies start per second across every worker
+        (``"100/s"``, ``"20/m"``, ``"3/h"`` or a number per second), kept in
+        a konductor rate limit (docs/rate-limit.md): in any window of T
+        seconds at most ``burst + rate * T`` start. Not Celery's own
+        ``rate_limit``, a per-worker limit, which is refused on this class.
+    ``rate_limit_name``
+        The rate limit's name (default: :func:`default_rate_limit_name` of
+        the task's name); tasks that name the same limit share it.
+    ``rate_limit_burst``
+        Tokens the whole fleet may save up (default: one second of the rate);
+        at least the number of worker processes, so that each one's bucket
+        holds a token.
+    ``on_limited``
+        ``"retry"`` (default): when this process has no token now, re-queue
+        (countdown from the time its share refills a token, growing like
+        ``on_full``'s), holding no worker slot. ``"wait"``: wait for a token
+        for up to ``wait_timeout`` seconds, holding the slot, then re-queue.
+
+    The rate token is taken first (it costs no API call when none is free),
+    then the singleton lock, then the permit: a token taken by a task that
+    then finds its gate closed is spent without a call (the limit is
+    under-used, never exceeded). Each worker process is one member of the
+    rate limit, joined by its first rate-limited task, left at shutdown.
 
     Re-queues keep the task id, arguments, queue and ``retries`` count (they
     do not use up ``max_retries``) and raise Celery's ``Retry``. When the
@@ -387,7 +537,8 @@ class CoordinatedTask(Task):  # type: ignore[misc]
 
     Raises:
         InvalidArgument / InvalidName: at task registration (class creation),
-            for a bad option; the message names the task and the option.
+            for a bad option (Celery's ``rate_limit`` included); the message
+            names the task and the option.
         SemaphoreLost / MutexLost: the body returned but its grant was lost
             while it ran (not renewed within ``ttl``): the task fails rather
             than report a result that was not protected.
@@ -406,6 +557,10 @@ class CoordinatedTask(Task):  # type: ignore[misc]
     requeue_delay_max: float = 30.0
     max_requeues: int | None = None
     semaphore_priority: int = 0
+    cluster_rate_limit: Rate | None = None
+    rate_limit_name: str | None = None
+    rate_limit_burst: float | None = None
+    on_limited: str = "retry"
 
     _konductor_plan: _Plan
 
@@ -454,6 +609,8 @@ class CoordinatedTask(Task):  # type: ignore[misc]
         stack = _stack()
         try:
             try:
+                if plan.rate is not None:  # first: it costs no API call when limited
+                    self._rate_token(client, plan, blocking)
                 if plan.singleton_key is not None:
                     held.lock = self._singleton_lock(client, plan, blocking, args, kwargs)
                     if held.lock is None:  # a dropped duplicate, called directly
@@ -519,6 +676,42 @@ class CoordinatedTask(Task):  # type: ignore[misc]
             self._requeue(plan, f"semaphore {name!r} is full")
         return permit
 
+    def _rate_token(self, client: SyncClient, plan: _Plan, blocking: bool) -> None:
+        """Spend one token of the task's cluster-wide rate limit, or re-queue.
+
+        Raises:
+            celery.exceptions.Retry: re-queued (no token now under ``"retry"``,
+                none within ``wait_timeout`` under ``"wait"``).
+            AcquireTimeout: a direct call or ``apply()`` waited ``wait_timeout``
+                in vain; or more than ``max_requeues`` re-queues.
+        """
+        name = plan.rate_limit_name or default_rate_limit_name(self.name)
+        limiter = _rate_limiter(client, name, plan)
+        first: float | None = None
+        if blocking or plan.on_limited == "wait":
+            try:
+                limiter.acquire(timeout=plan.wait_timeout)
+                return
+            except AcquireTimeout:
+                if blocking:
+                    raise
+            why = f"no token of rate limit {name!r} within {plan.wait_timeout:g}s"
+        else:
+            if limiter.try_acquire():
+                return
+            # The soonest this process's bucket has a token again is 1/share; a
+            # member without a share yet gets one within a renewal period.
+            share = limiter.share
+            first = 1.0 / share if share > 0 else None
+            why = (
+                f"rate limit {name!r} is spent in this worker process "
+                f"(its share {share:.3g}/s of {limiter.rate:g}/s)"
+                if share > 0
+                else f"rate limit {name!r} has no share for this worker process yet "
+                f"(rate {limiter.rate:g}/s; shares move every ttl/3)"
+            )
+        self._requeue(plan, why, first=first)
+
     def _singleton_lock(
         self,
         client: SyncClient,
@@ -543,8 +736,11 @@ class CoordinatedTask(Task):  # type: ignore[misc]
             raise Ignore(why)
         self._requeue(plan, why)
 
-    def _requeue(self, plan: _Plan, why: str) -> NoReturn:
+    def _requeue(self, plan: _Plan, why: str, *, first: float | None = None) -> NoReturn:
         """Send this task (same id) back to its queue with a countdown; raise Retry.
+
+        The countdown's bound starts at ``first`` (default ``requeue_delay``)
+        and doubles with each re-queue up to ``requeue_delay_max``.
 
         Raises:
             celery.exceptions.Retry: always (the worker records the RETRY state).
@@ -558,7 +754,8 @@ class CoordinatedTask(Task):  # type: ignore[misc]
                 f"task {self.name}[{request.id}]: {why}, still after {done} re-queues "
                 f"(max_requeues={plan.max_requeues})"
             )
-        delay = Backoff(plan.requeue_delay, plan.requeue_delay_max, attempt=done).next_delay()
+        initial = plan.requeue_delay if first is None else first
+        delay = Backoff(initial, plan.requeue_delay_max, attempt=done).next_delay()
         headers[REQUEUES_HEADER] = done + 1
         # Same id, args, queue and retries count as this delivery (as Task.retry
         # does, but without counting against max_retries).

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_celery_example_demo_on_kubernetes(kube_crds: Any) -> None:
     ns = fresh_namespace(kube_crds)
     proc = subprocess.run(
-        [sys.executable, "examples/celery_app.py", "demo", "--payments", "10"],
+        [sys.executable, "examples/celery_app.py", "demo", "--payments", "10", "--lookups", "20"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -41,3 +41,6 @@ def test_celery_example_demo_on_kubernetes(kube_crds: Any) -> None:
     assert 1 <= int(peak.group(1)) <= 3
     assert "3 reindexes of shop-1, at most 1 at once (singleton)" in out
     assert "all distinct: True" in out
+    lookups = re.search(r"20 lookups in [\d.]+s, at most (\d+) started in any 1 s", out)
+    assert lookups is not None, out
+    assert 1 <= int(lookups.group(1)) <= 10  # burst + rate * 1 s

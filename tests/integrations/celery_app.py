@@ -62,7 +62,9 @@ def witness() -> redis.Redis:
     """A Redis connection of this process (a forked child must not share the parent's)."""
     global _redis
     if _redis is None or _redis[0] != os.getpid():
-        _redis = (os.getpid(), redis.Redis.from_url(BROKER))
+        # redis-py 8 reads with a 5 s socket timeout by default, which ends the
+        # BLPOP of wait_for_release() after 5 s whatever its own timeout says.
+        _redis = (os.getpid(), redis.Redis.from_url(BROKER, socket_timeout=300))
     return _redis[1]
 
 
@@ -307,3 +309,51 @@ def cut_off_rival(self: CoordinatedTask, *, key: str) -> int:
     assert self.permit is not None
     witness().rpush(f"{key}:rival-in", f"{time.time():.6f}")
     return self.permit.token
+
+
+# -- a cluster-wide rate limit: 10 bodies start per second across every worker -----------
+
+RATE = {
+    "cluster_rate_limit": "10/s",
+    "rate_limit_name": "limited",
+    # burst: the default, one second of the rate (10 tokens, 2.5 per worker process)
+    "ttl": 3,  # renewals (and share moves) every second
+    "requeue_delay": 0.2,
+    "requeue_delay_max": 2.0,
+}
+
+
+@app.task(base=CoordinatedTask, **RATE)
+def limited(i: int, *, key: str) -> int:
+    witness().rpush(f"{key}:entries", f"{time.time():.6f}")  # the start, as the witness saw it
+    witness().rpush(f"{key}:pids", os.getpid())
+    time.sleep(0.02)  # the rate-limited call
+    return os.getpid()
+
+
+@app.task(base=CoordinatedTask, on_limited="wait", wait_timeout=30, **RATE)
+def limited_waiting(i: int, *, key: str) -> int:
+    witness().rpush(f"{key}:entries", f"{time.time():.6f}")
+    return os.getpid()
+
+
+# -- a rate limit and a semaphore on one task: 10 starts/s, 2 at once, each 0.2 s -------
+
+
+@app.task(
+    base=CoordinatedTask,
+    semaphore="metered",
+    permits=2,
+    cluster_rate_limit="10/s",
+    rate_limit_name="metered",
+    ttl=3,
+    requeue_delay=0.2,
+    requeue_delay_max=1.0,
+)
+def metered(i: int, *, key: str, hold: float = 0.2) -> int:
+    enter(key)  # also records the start in key:entries
+    try:
+        time.sleep(hold)
+    finally:
+        leave(key)
+    return os.getpid()

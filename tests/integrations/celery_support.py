@@ -25,7 +25,7 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from konductor.store import SEMAPHORE, KubernetesStore
+from konductor.store import RATELIMIT, SEMAPHORE, Kind, KubernetesStore
 from tests.store.conftest import fresh_namespace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,12 +173,18 @@ class CeleryCluster:
 
     def semaphore_status(self, name: str) -> dict[str, Any]:
         """The semaphore's status as the API server has it."""
+        return self.status(SEMAPHORE, name)
 
+    def ratelimit_status(self, name: str) -> dict[str, Any]:
+        """The rate limit's status (its members and their shares) as the API server has it."""
+        return self.status(RATELIMIT, name)
+
+    def status(self, kind: Kind, name: str) -> dict[str, Any]:
         async def read() -> dict[str, Any]:
             async with KubernetesStore(
                 self.namespace, kubeconfig=self.kube.admin_kubeconfig
             ) as store:
-                return dict((await store.get(SEMAPHORE, name)).status)
+                return dict((await store.get(kind, name)).status)
 
         return asyncio.run(read())
 

@@ -31,8 +31,14 @@ from konductor import (
     SyncClient,
     validate_name,
 )
-from konductor.integrations.celery import CoordinatedTask, close_clients, singleton_name
-from konductor.store import SEMAPHORE
+from konductor.integrations.celery import (
+    CoordinatedTask,
+    close_clients,
+    default_rate_limit_name,
+    get_client,
+    singleton_name,
+)
+from konductor.store import RATELIMIT, SEMAPHORE, Kind
 from tests.integrations.celery_support import ROOT
 from tests.store.conftest import fresh_namespace
 
@@ -94,6 +100,43 @@ def new_app() -> Celery:
             {"semaphore": "p", "semaphore_priority": 500},
             InvalidArgument,
             "priority must be from -100 to 100",
+        ),
+        (
+            {"rate_limit": "10/s"},
+            InvalidArgument,
+            "rate_limit='10/s' is Celery's own rate limit, which each worker enforces "
+            "separately (4 workers run 4 times that); for one limit across every worker use "
+            "cluster_rate_limit='10/s'",
+        ),
+        (
+            {"cluster_rate_limit": "10/sec"},
+            InvalidArgument,
+            'cluster_rate_limit must be "N/s", "N/m", "N/h" or a number per second, got \'10/sec\'',
+        ),
+        (
+            {"cluster_rate_limit": 0},
+            InvalidArgument,
+            "cluster_rate_limit must be more than 0 and at most",
+        ),
+        (
+            {"cluster_rate_limit": "10/s", "on_limited": "block"},
+            InvalidArgument,
+            "on_limited must be 'retry' or 'wait', got 'block'",
+        ),
+        (
+            {"rate_limit_burst": 5},
+            InvalidArgument,
+            "rate_limit_burst=5 was given without cluster_rate_limit=",
+        ),
+        (
+            {"cluster_rate_limit": "10/s", "rate_limit_burst": 0},
+            InvalidArgument,
+            "rate_limit_burst: burst must be more than 0",
+        ),
+        (
+            {"cluster_rate_limit": "10/s", "rate_limit_name": "Provider API"},
+            InvalidName,
+            "invalid rate_limit_name 'Provider API'",
         ),
     ],
 )
@@ -186,6 +229,56 @@ def test_good_options_from_the_decorator_and_from_subclasses() -> None:
     assert ungated() == "free"  # no gate, no client needed
 
 
+def test_rate_limit_options_are_parsed_once_at_registration() -> None:
+    app = new_app()
+
+    class Provider(CoordinatedTask):
+        cluster_rate_limit = "120/m"
+        rate_limit_name = "provider-api"
+
+    @app.task(base=Provider, shared=False, on_limited="wait", rate_limit_burst=3)
+    def fetch(item: str) -> str:
+        return item
+
+    @app.task(base=CoordinatedTask, shared=False, cluster_rate_limit=0.5)
+    def report() -> None:
+        return None
+
+    app.finalize()
+    plan = fetch._konductor_plan
+    assert (plan.rate, plan.rate_limit_name, plan.rate_limit_burst, plan.on_limited) == (
+        2.0,
+        "provider-api",
+        3.0,
+        "wait",
+    )
+    assert plan.gated
+    assert report._konductor_plan.rate == 0.5
+    assert report._konductor_plan.rate_limit_name is None  # named after the task, when it runs
+    assert report._konductor_plan.on_limited == "retry"
+    name = default_rate_limit_name(report.name)
+    assert validate_name(name) == name
+    assert name.startswith("celery-tests-integrations-test-celery-registration-report-")
+    assert name != singleton_name(report.name, "")
+    assert name != default_rate_limit_name(fetch.name)
+
+
+def test_celerys_per_worker_rate_limit_stays_possible_through_annotations() -> None:
+    # What the registration error points to: Celery applies annotations to the
+    # task when it binds it, after CoordinatedTask checked the class, and
+    # enforces that per-worker limit itself.
+    app = new_app()
+    app.conf.task_annotations = {"kt.per-worker": {"rate_limit": "10/s"}}
+
+    @app.task(base=CoordinatedTask, shared=False, name="kt.per-worker", semaphore="p")
+    def per_worker() -> None:
+        return None
+
+    app.finalize()
+    assert per_worker.rate_limit == "10/s"
+    assert per_worker._konductor_plan.rate is None
+
+
 def test_singleton_names_are_valid_and_distinct() -> None:
     long_name = "proj.tasks." + "Very_Long_Task_Name." * 20
     names = {
@@ -228,8 +321,6 @@ def test_without_celery_the_error_names_the_install_command() -> None:
 
 
 def test_a_store_instance_in_the_celery_config_is_refused() -> None:
-    from konductor.integrations.celery import get_client
-
     app = new_app()
     app.conf.konductor_store = MemoryStore()
     with pytest.raises(ConfigurationError, match="zero-argument factory"):
@@ -388,9 +479,52 @@ def test_a_permit_lost_while_the_body_ran_fails_the_task(
         work()
 
 
-async def _status(kube: Any, ns: str, name: str) -> dict[str, Any]:
+@pytest.mark.kubernetes
+def test_direct_calls_spend_rate_tokens_from_one_membership_per_process(
+    kube_app: tuple[Celery, str], kube_crds: Any
+) -> None:
+    app, ns = kube_app
+    ran: list[str] = []
+    shared = {"rate_limit_name": "provider-api", "wait_timeout": 0.5}
+
+    @app.task(base=CoordinatedTask, shared=False, cluster_rate_limit="20/s", **shared)
+    def fetch(i: int) -> int:
+        ran.append("fetch")
+        return i
+
+    @app.task(
+        base=CoordinatedTask,
+        shared=False,
+        cluster_rate_limit="1/h",
+        rate_limit_burst=1,
+        wait_timeout=0.5,
+    )
+    def scarce() -> None:
+        ran.append("scarce")
+
+    @app.task(base=CoordinatedTask, shared=False, cluster_rate_limit="20/s", **shared)
+    def refund(i: int) -> int:
+        ran.append("refund")
+        return i
+
+    app.finalize()
+    # A direct call has no queue to go back to: it waits for a token.
+    assert [fetch(i) for i in range(5)] + [refund.apply(args=(5,)).get()] == list(range(6))
+    # A new member's bucket starts empty, and 1/h adds nothing in 0.5 s.
+    with pytest.raises(AcquireTimeout, match=r"not available within 0\.5s"):
+        scarce()
+    assert ran == ["fetch"] * 5 + ["refund"]  # the body never ran without a token
+    # fetch and refund share one limit, and this process is one member of it.
+    members = asyncio.run(_status(kube_crds, ns, "provider-api", RATELIMIT)).get("members")
+    assert [m["holder"] for m in members] == [get_client(app).identity]
+    assert default_rate_limit_name(scarce.name) != "provider-api"
+    close_clients()  # what worker process shutdown does: the member leaves
+    assert not asyncio.run(_status(kube_crds, ns, "provider-api", RATELIMIT)).get("members")
+
+
+async def _status(kube: Any, ns: str, name: str, kind: Kind = SEMAPHORE) -> dict[str, Any]:
     async with KubernetesStore(ns, kubeconfig=kube.admin_kubeconfig) as store:
-        return dict((await store.get(SEMAPHORE, name)).status)
+        return dict((await store.get(kind, name)).status)
 
 
 async def _drop_holders(kube: Any, ns: str, name: str) -> None:
