@@ -177,12 +177,12 @@ def process_cpu(pid: int) -> float:
 # --------------------------------------------------------------------------- one window
 
 
-def spawn_worker(args: list[str], log: Path) -> subprocess.Popen[str]:
-    """Start one worker process (stdin/stdout piped, stderr to ``log``)."""
+def spawn_worker(args: list[str], log: Path, worker: Path = WORKER) -> subprocess.Popen[str]:
+    """Start one ``worker`` process (stdin/stdout piped, stderr to ``log``)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
     with log.open("w") as err:
         return subprocess.Popen(
-            [sys.executable, str(WORKER), *args],
+            [sys.executable, str(worker), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,

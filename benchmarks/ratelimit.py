@@ -40,7 +40,6 @@ import asyncio
 import bisect
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -49,13 +48,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contention import Metrics, ServerCounts, environment
+from contention import Metrics, ServerCounts, environment, spawn_worker
 from semaphore import create_namespace, progress
 
 from konductor.store import RATELIMIT, SEMAPHORE, KubernetesStore
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 WORKER = HERE / "_ratelimit_worker.py"
 MODES = ("konductor", "baseline")
 RESOURCE = {"konductor": "ratelimits", "baseline": "semaphores"}
@@ -83,21 +81,6 @@ def peak_one_second(times: list[float]) -> int:
     return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
 
 
-def spawn(args: list[str], log: Path) -> subprocess.Popen[str]:
-    """Start one worker process (stdin/stdout piped, stderr to ``log``)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
-    with log.open("w") as err:
-        return subprocess.Popen(
-            [sys.executable, str(WORKER), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            cwd=ROOT,
-            env=env,
-        )
-
-
 async def row(
     args: argparse.Namespace, kubeconfig: str, ns: str, mode: str, processes: int, tmp: Path
 ) -> Row:
@@ -117,7 +100,7 @@ async def row(
             *("--kubeconfig", kubeconfig, "--namespace", ns, "--name", name),
             *("--mode", mode, "--rate", str(rate), "--ttl", str(ttl), "--out", str(out)),
         ]
-        proc = await asyncio.to_thread(spawn, worker_args, tmp / f"{name}-{i}.log")
+        proc = await asyncio.to_thread(spawn_worker, worker_args, tmp / f"{name}-{i}.log", WORKER)
         workers.append((proc, out))
     for proc, _ in workers:
         assert proc.stdout is not None

@@ -131,16 +131,11 @@ class AsyncCore(Core):
                 if isinstance(step, plans.Look):
                     run.result = await client.admin.describe("semaphore", s.semaphore)
                 elif s.rebalance and isinstance(step, plans.Try | plans.Wait):
-                    wait = isinstance(step, plans.Wait)
-                    request = seam.SemaphoreRequest.parse(
-                        s.semaphore,
-                        step.permits,
-                        step.count,
-                        s.ttl,
-                        s.reserve_timeout if wait else None,
-                    )
                     run.result = await seam.acquire_semaphore_noted(
-                        client, request, self.note(), blocking=wait
+                        client,
+                        plans.noted_request(s, step),
+                        self.note(),
+                        blocking=isinstance(step, plans.Wait),
                     )
                 elif isinstance(step, plans.Try):
                     run.result = await client.try_acquire_semaphore(

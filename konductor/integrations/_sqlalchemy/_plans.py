@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from konductor import InvalidArgument, KonductorError, ObjectStatus
+from konductor import _integration as seam
 from konductor.integrations._sqlalchemy import _shares as shares
-from konductor.integrations._sqlalchemy._slots import Core, Handle, permit_of
+from konductor.integrations._sqlalchemy._slots import Core, Handle, Settings, permit_of
 
 log = logging.getLogger("konductor.sqlalchemy")
 
@@ -51,6 +52,16 @@ class Release:
 @dataclass(frozen=True)
 class Look:
     """``client.admin.describe("semaphore", name)``: its :class:`~konductor.ObjectStatus`."""
+
+
+def noted_request(s: Settings, step: Try | Wait) -> seam.SemaphoreRequest:
+    """The request of a Try or Wait step made with the engine's fair-share note.
+
+    Raises:
+        InvalidArgument: not a valid request (the settings were checked: a bug).
+    """
+    wait = s.reserve_timeout if isinstance(step, Wait) else None
+    return seam.SemaphoreRequest.parse(s.semaphore, step.permits, step.count, s.ttl, wait)
 
 
 Step = Try | Wait | Release | Look

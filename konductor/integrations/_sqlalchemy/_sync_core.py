@@ -119,16 +119,11 @@ class SyncCore(Core):
                 if isinstance(step, plans.Look):
                     run.result = client.admin.describe("semaphore", s.semaphore)
                 elif s.rebalance and isinstance(step, plans.Try | plans.Wait):
-                    wait = isinstance(step, plans.Wait)
-                    request = seam.SemaphoreRequest.parse(
-                        s.semaphore,
-                        step.permits,
-                        step.count,
-                        s.ttl,
-                        s.reserve_timeout if wait else None,
-                    )
                     run.result = seam.sync_acquire_semaphore_noted(
-                        client, request, self.note(), blocking=wait
+                        client,
+                        plans.noted_request(s, step),
+                        self.note(),
+                        blocking=isinstance(step, plans.Wait),
                     )
                 elif isinstance(step, plans.Try):
                     run.result = client.try_acquire_semaphore(
