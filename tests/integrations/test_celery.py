@@ -171,6 +171,7 @@ def test_the_permit_is_released_in_every_outcome(
     assert result.state == outcome, c.worker_logs()
     if task == "too_slow":
         assert "SoftTimeLimitExceeded" in repr(result.result)
+        assert c.count("bodies") == 1  # it interrupted the body, holding the permit
     if task == "retries_once":
         assert result.result == 1
     status = c.semaphore_status("outcomes")
