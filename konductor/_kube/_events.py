@@ -51,9 +51,6 @@ class EventRecorder(observe.Observer):
 
     def __init__(self) -> None:
         self._stores: weakref.WeakSet[KubernetesStore] = weakref.WeakSet()
-        self._apis: weakref.WeakKeyDictionary[KubernetesStore, KubeApi] = (
-            weakref.WeakKeyDictionary()
-        )
         self._last: dict[tuple[int, str, str, str], float] = {}
         self._recent: deque[float] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -156,15 +153,17 @@ class EventRecorder(observe.Observer):
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, store: KubernetesStore, site: Site, body: JSON) -> None:
+        # On the store's connection as it is now, never one opened for the Event: a
+        # send that runs after the client closed (a lease released just before
+        # close) would otherwise open a session nobody closes ("Unclosed client
+        # session" at exit). A counter of its own: api_requests measures the
+        # coordination, Events are reported apart.
+        shared = store._connected()
+        if shared is None:
+            log.debug("no %s Event: the store is closed", body["reason"])
+            return
+        api = KubeApi(shared._client, request_timeout=TIMEOUT, retry_deadline=0.0)
         try:
-            api = self._apis.get(store)
-            if api is None:
-                shared = await store._connect()
-                # The store's connection, but a counter of its own: api_requests
-                # measures the coordination, Events are reported apart.
-                api = self._apis[store] = KubeApi(
-                    shared._client, request_timeout=TIMEOUT, retry_deadline=0.0
-                )
             await api.request_once(
                 "POST",
                 f"/api/v1/namespaces/{site.namespace}/events",
@@ -185,6 +184,9 @@ class EventRecorder(observe.Observer):
         except KonductorError as exc:
             log.info("could not record a %s Event: %s", body["reason"], exc)
         except Exception:
+            if store._connected() is not shared:  # the client closed while it was sent
+                log.debug("a %s Event was cut short by the client's close", body["reason"])
+                return
             log.exception("could not record a %s Event", body["reason"])
 
     def _forget_closed(self) -> None:

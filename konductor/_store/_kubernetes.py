@@ -130,6 +130,10 @@ class KubernetesStore(Store):
                 )
         return self._api
 
+    def _connected(self) -> KubeApi | None:
+        """The open connection, or ``None`` (never connected, or closed): opens nothing."""
+        return self._api
+
     @property
     def api_requests(self) -> int:
         """HTTP requests sent so far (for benchmarks and API-call budgets)."""
