@@ -567,6 +567,12 @@ class CoordinatedTask(Task):  # type: ignore[misc]
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._konductor_plan = _plan_of(cls)  # bad options fail here, at registration
+        # Each task class is bound (and annotated from task_annotations) on its own:
+        # Celery's bind() skips the annotations of a class that inherits
+        # ``__bound__`` from a base that was bound once (any access to
+        # ``CoordinatedTask.app`` binds it), silently dropping a per-worker
+        # rate_limit the user set there.
+        cls.__bound__ = False
 
     @classmethod
     def on_bound(cls, app: Any) -> None:

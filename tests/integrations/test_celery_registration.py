@@ -279,6 +279,23 @@ def test_celerys_per_worker_rate_limit_stays_possible_through_annotations() -> N
     assert per_worker._konductor_plan.rate is None
 
 
+def test_annotations_apply_even_after_the_base_class_was_bound() -> None:
+    # Any access to CoordinatedTask.app binds the base class to the current app;
+    # Celery then skipped the annotations of every task class made from it later
+    # (it inherited ``__bound__``): the per-worker limit above was silently lost
+    # (seen in a full suite run, where an earlier test had touched it).
+    CoordinatedTask.app  # noqa: B018 - the access is the point
+    app = new_app()
+    app.conf.task_annotations = {"kt.bound-base": {"rate_limit": "10/s"}}
+
+    @app.task(base=CoordinatedTask, shared=False, name="kt.bound-base", semaphore="p")
+    def bound_base() -> None:
+        return None
+
+    app.finalize()
+    assert bound_base.rate_limit == "10/s"
+
+
 def test_singleton_names_are_valid_and_distinct() -> None:
     long_name = "proj.tasks." + "Very_Long_Task_Name." * 20
     names = {

@@ -191,4 +191,4 @@ async def test_unreachable_server_raises_store_unavailable(kube_crds: Any, tmp_p
 def test_crd_manifests_cover_every_kind() -> None:
     names = {c["metadata"]["name"] for c in crds()}
     assert "semaphores.konductor.io" in names
-    assert len(names) == 7
+    assert len(names) == 8  # one per konductor kind
